@@ -1,0 +1,45 @@
+# The front door: `make demo` and `make test` set everything up on a fresh machine.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DATA    ?= ../shared/data
+INPUT   ?= $(if $(wildcard $(DATA)/fraudTest.csv.gz),$(DATA)/fraudTest.csv.gz,examples/fraud/sample.csv.gz)
+SPEC    := examples/fraud/spec.py
+OUT     ?= out
+
+.PHONY: venv test demo replay lint fmt bench kafka-up kafka-down clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/supernova replay --spec $(SPEC) --input $(INPUT) --features-out $(OUT)/features.parquet
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/replay.py --input $(INPUT)
+
+kafka-up:
+	scripts/kafka start
+
+kafka-down:
+	scripts/kafka stop
+
+clean:
+	rm -rf $(OUT) .kafka

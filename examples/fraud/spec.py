@@ -1,0 +1,146 @@
+"""Card-fraud features on the Sparkov transactions: one record per card (cc_num).
+
+Fixed attributes come from ``profile`` events, the ``transactions`` repeated
+attribute from ``transaction`` events; every transaction is scored. The label
+(``is_fraud``) travels beside the event and is never a feature input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Annotated, Any
+
+from msgspec import Meta
+from sparkov import SparkovMapping
+
+from entities.events import Event
+from entities.spec import (
+    Current,
+    Derived,
+    Fixed,
+    Lifetime,
+    Repeated,
+    Spec,
+    TimeSincePrevious,
+    Window,
+    count,
+    days,
+    distinct,
+    hours,
+    max_,
+    mean,
+    same_as_current,
+    std,
+    sum_,
+    zscore,
+)
+
+Lat = Annotated[float, Meta(ge=-90.0, le=90.0)]
+Lon = Annotated[float, Meta(ge=-180.0, le=180.0)]
+Text = Annotated[str, Meta(max_length=200)]
+MS_PER_DAY = 86_400_000
+EARTH_RADIUS_KM = 6371.0
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def hour_of_day(event: Event, fixed: dict[str, Any]) -> float:
+    """UTC hour of the transaction."""
+    return float(event.ts // 3_600_000 % 24)
+
+
+def age_years(event: Event, fixed: dict[str, Any]) -> float:
+    """Card holder's age in years on the transaction's UTC date."""
+    dob = fixed.get("dob")
+    if dob is None:
+        return math.nan
+    return (event.ts // MS_PER_DAY - (dob.toordinal() - _EPOCH_ORDINAL)) / 365.25
+
+
+def city_pop(event: Event, fixed: dict[str, Any]) -> float:
+    """Population of the card holder's city."""
+    pop = fixed.get("city_pop")
+    return math.nan if pop is None else float(pop)
+
+
+def is_male(event: Event, fixed: dict[str, Any]) -> float:
+    """1.0 if the card holder's gender is "M", else 0.0."""
+    return 1.0 if fixed.get("gender") == "M" else 0.0
+
+
+def dist_km_home_merchant(event: Event, fixed: dict[str, Any]) -> float:
+    """Haversine distance from the holder's home to the merchant."""
+    lat, lon = fixed.get("lat"), fixed.get("long")
+    if lat is None or lon is None:
+        return math.nan
+    a = event.attrs
+    p1, p2 = math.radians(lat), math.radians(a.merch_lat)
+    dp, dl = p2 - p1, math.radians(a.merch_long - lon)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(h))
+
+
+TXN = "transactions"
+
+spec = Spec(
+    name="fraud",
+    entity="card",
+    key="cc_num",
+    fixed=Fixed(
+        event_type="profile",
+        fields={
+            "first": Text,
+            "last": Text,
+            "gender": Text,
+            "street": Text,
+            "city": Text,
+            "state": Text,
+            "zip": Text,
+            "lat": Lat,
+            "long": Lon,
+            "city_pop": Annotated[int, Meta(ge=0)],
+            "job": Text,
+            "dob": dt.date,
+        },
+    ),
+    repeated={
+        TXN: Repeated(
+            event_type="transaction",
+            fields={
+                "merchant": Text,
+                "category": Text,
+                "amt": float,
+                "merch_lat": Lat,
+                "merch_long": Lon,
+            },
+            max_age=days(31),
+            max_count=5_000,
+        )
+    },
+    score_on="transaction",
+    allowed_lateness=days(1),
+    features=[
+        Current("amt", "amt"),
+        Derived("hour_of_day", hour_of_day),
+        Window("txn_count_1h", TXN, hours(1), count()),
+        Window("txn_count_24h", TXN, hours(24), count()),
+        Window("txn_count_7d", TXN, days(7), count()),
+        Window("amt_sum_24h", TXN, hours(24), sum_("amt")),
+        Window("amt_mean_7d", TXN, days(7), mean("amt")),
+        Window("amt_max_30d", TXN, days(30), max_("amt")),
+        Window("amt_std_30d", TXN, days(30), std("amt")),
+        Window("amt_zscore_30d", TXN, days(30), zscore("amt")),
+        Window("merchant_distinct_7d", TXN, days(7), distinct("merchant")),
+        Window("category_count_24h", TXN, hours(24), count(), where=same_as_current("category")),
+        TimeSincePrevious("secs_since_prev_txn", TXN),
+        Lifetime("txn_count_lifetime", TXN, count()),
+        Lifetime("amt_mean_lifetime", TXN, mean("amt")),
+        Derived("age_years", age_years),
+        Derived("city_pop", city_pop),
+        Derived("is_male", is_male),
+        Derived("dist_km_home_merchant", dist_km_home_merchant),
+    ],
+)
+
+# How a Sparkov CSV row becomes events (used by replay and `supernova produce`).
+csv_mapping = SparkovMapping

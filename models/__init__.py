@@ -1,0 +1,1 @@
+"""Model artifacts bound to a feature spec, scoring, training, backtests, the registry."""

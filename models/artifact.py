@@ -1,0 +1,101 @@
+"""Model artifacts: a LightGBM model bound to the feature spec it was trained on.
+
+An artifact is a directory holding ``model.txt`` (LightGBM text format) and
+``manifest.json``. Loading checks the manifest against the running spec: a model
+trained on other feature definitions or another column order is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from entities.spec import Spec
+
+MODEL_FILE = "model.txt"
+MANIFEST_FILE = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """An artifact that is missing, corrupt or does not match the running spec."""
+
+
+@dataclass
+class Manifest:
+    """What a model is and what it was trained on."""
+
+    name: str
+    version: str
+    feature_names: list[str]
+    spec_hash: str
+    lightgbm_version: str
+    created_at: str
+    train: dict[str, Any] = field(default_factory=dict)
+    valid: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Artifact:
+    """A loaded model: its manifest and booster."""
+
+    path: Path
+    manifest: Manifest
+    booster: lgb.Booster
+
+    @property
+    def name(self) -> str:
+        """Model name from the manifest."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """Model version from the manifest."""
+        return self.manifest.version
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Fraud probabilities of a (n, features) float64 matrix in spec order."""
+        return self.booster.predict(rows, num_threads=1)  # type: ignore[no-any-return]
+
+    def contributions(self, rows: np.ndarray) -> np.ndarray:
+        """Per-feature SHAP contributions (last column: expected value)."""
+        return self.booster.predict(rows, pred_contrib=True, num_threads=1)  # type: ignore[no-any-return]
+
+
+def save(path: Path, booster: lgb.Booster, manifest: Manifest) -> Path:
+    """Write an artifact directory (model first, manifest last: a manifest means complete)."""
+    path.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path / MODEL_FILE))
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(manifest), indent=2, sort_keys=True))
+    tmp.replace(path / MANIFEST_FILE)
+    return path
+
+
+def load(path: str | Path, spec: Spec) -> Artifact:
+    """Load an artifact, refusing one whose spec hash or feature list differs from ``spec``."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST_FILE}; not a model artifact")
+    try:
+        manifest = Manifest(**json.loads(manifest_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from None
+    if manifest.spec_hash != spec.hash():
+        raise ArtifactError(
+            f"{path}: model {manifest.name} {manifest.version} was trained on spec "
+            f"{manifest.spec_hash}, the running spec is {spec.hash()}: retrain it on this spec"
+        )
+    if manifest.feature_names != spec.feature_names:
+        raise ArtifactError(f"{path}: feature names/order differ from the running spec")
+    booster = lgb.Booster(model_file=str(path / MODEL_FILE))
+    if booster.feature_name() != spec.feature_names:
+        raise ArtifactError(f"{path}: {MODEL_FILE} features differ from its manifest")
+    return Artifact(path, manifest, booster)
