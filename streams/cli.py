@@ -32,6 +32,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scores-out", type=Path, help="Parquet of scores (needs --model)")
     p.set_defaults(run=_replay)
 
+    p = sub.add_parser("worker", help="run the streaming worker (faust app + batch loop)")
+    p.add_argument("--spec", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path, help="model artifact directory")
+    p.add_argument("--shadow", type=Path, help="challenger artifact scored in shadow")
+    p.add_argument("--explain", type=int, default=0, metavar="K", help="top-K contributions per score")
+    _kafka_args(p)
+    p.add_argument("--data-dir", type=Path, default=Path("data"), help="RocksDB and faust state")
+    p.add_argument("--app-id", default="supernova")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of topics it creates")
+    p.add_argument("--events-topic", default="events")
+    p.add_argument("--scores-topic", default="scores")
+    p.add_argument("--dlq-topic", default="events.dlq")
+    p.add_argument("--max-batch", type=int, default=5000)
+    p.add_argument("--no-features", action="store_true", help="leave features out of scores")
+    p.add_argument("--http-host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=6066)
+    p.set_defaults(run=_worker)
+
+    p = sub.add_parser("produce", help="publish a recorded file as events")
+    p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
+    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--topic", default="events")
+    _kafka_args(p)
+    p.set_defaults(run=_produce)
+
+    p = sub.add_parser("tail", help="print messages of a topic as they arrive")
+    p.add_argument("topic", nargs="?", default="scores")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--limit", type=int)
+    _kafka_args(p)
+    p.set_defaults(run=_tail)
+
     p = sub.add_parser("describe", help="print the spec: features, record layout, hash")
     p.add_argument("--spec", required=True, type=Path)
     p.set_defaults(run=_describe)
@@ -74,6 +108,128 @@ def _replay(args: argparse.Namespace) -> int:
         )
     print(summary.line())
     return 0
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap HOST:PORT")
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        help="JSON of extra Kafka client settings (security_protocol, sasl_mechanism, "
+        "sasl_plain_username, sasl_plain_password, ssl_cafile, ...)",
+    )
+
+
+def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Security and other client settings, passed through to every Kafka client."""
+    if not args.kafka_config:
+        return {}
+    config = json.loads(args.kafka_config.read_text())
+    if "ssl_cafile" in config or "ssl_certfile" in config:
+        import ssl
+
+        from aiokafka.helpers import create_ssl_context
+
+        files = {k: config.pop(k) for k in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if k in config}
+        config["ssl_context"] = create_ssl_context(
+            cafile=files.get("ssl_cafile"),
+            certfile=files.get("ssl_certfile"),
+            keyfile=files.get("ssl_keyfile"),
+        )
+        assert isinstance(config["ssl_context"], ssl.SSLContext)
+    return config  # type: ignore[no-any-return]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from faust.worker import Worker
+
+    from models.artifact import load
+    from models.scorer import Scorer
+    from streams.app import create_app
+    from streams.worker import BatchWorker, WorkerConfig
+
+    spec = load_spec(args.spec)
+    scorer = Scorer(
+        load(args.model, spec),
+        shadow=load(args.shadow, spec) if args.shadow else None,
+        explain_top_k=args.explain,
+    )
+    cfg = WorkerConfig(
+        bootstrap=args.bootstrap,
+        app_id=args.app_id,
+        data_dir=args.data_dir,
+        events_topic=args.events_topic,
+        scores_topic=args.scores_topic,
+        dlq_topic=args.dlq_topic,
+        partitions=args.partitions,
+        max_batch=args.max_batch,
+        include_features=not args.no_features,
+        kafka=_kafka_config(args),
+    )
+    worker = BatchWorker(cfg, spec, scorer)
+    app = create_app(cfg, worker, http_host=args.http_host, http_port=args.http_port)
+    Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.produce import file_events, produce
+
+    codec, events = file_events(args.spec, args.input, args.limit)
+    rejected = 0
+
+    def on_reject(item: Rejected) -> None:
+        nonlocal rejected
+        rejected += 1
+        if rejected <= MAX_REJECTS_SHOWN:
+            print(f"rejected row {item.row}: {item.error}", file=sys.stderr)
+
+    with progress("produce") as advance:
+        sent = asyncio.run(
+            produce(
+                args.bootstrap,
+                args.topic,
+                codec,
+                events,
+                rate=args.rate,
+                on_progress=advance,
+                on_reject=on_reject,
+                kafka=_kafka_config(args),
+            )
+        )
+    print(f"produced {sent:,} events to {args.topic}; rejected {rejected:,} rows")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    def show(rec: Any) -> None:
+        print(rec.value.decode(errors="replace"), flush=True)
+
+    try:
+        asyncio.run(
+            tail_topic(args.bootstrap, args.topic, show, args.from_beginning, args.limit, _kafka_config(args))
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def tail_topic(
+    bootstrap: str,
+    topic: str,
+    show: Callable[[Any], None],
+    from_beginning: bool,
+    limit: int | None,
+    kafka: dict[str, Any],
+) -> int:
+    """Tail a topic until interrupted (or ``limit`` messages)."""
+    from streams.produce import tail
+
+    return await tail(bootstrap, topic, show, from_beginning=from_beginning, limit=limit, kafka=kafka)
 
 
 def _describe(args: argparse.Namespace) -> int:
