@@ -1,0 +1,177 @@
+"""Helpers for tests against the real broker: a worker subprocess, a small model, reading topics."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka_broker import free_port
+
+from entities.spec import Spec
+from models.artifact import Manifest, save
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "examples" / "fraud" / "spec.py"
+SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
+
+
+def train_small_model(spec: Spec, features: Path, out: Path, trees: int = 30, version: str = "v1") -> Path:
+    """A real LightGBM model on replayed features (small: tests need a model, not a good one)."""
+    table = pq.read_table(features).to_pandas()
+    data = lgb.Dataset(table[spec.feature_names].to_numpy(), table["label"].to_numpy(), feature_name=spec.feature_names)
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": 7, "deterministic": True}
+    booster = lgb.train(params, data, num_boost_round=trees)
+    manifest = Manifest(
+        name="fraud",
+        version=version,
+        feature_names=spec.feature_names,
+        spec_hash=spec.hash(),
+        lightgbm_version=lgb.__version__,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+    )
+    return save(out, booster, manifest)
+
+
+@dataclass
+class WorkerProcess:
+    """``supernova worker`` as a child process with its own topics, data dir and port."""
+
+    bootstrap: str
+    model: Path
+    data_dir: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    partitions: int = 4
+    extra: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """Topic names of this worker."""
+        return {
+            "events": f"{self.prefix}.events",
+            "scores": f"{self.prefix}.scores",
+            "dlq": f"{self.prefix}.events.dlq",
+            "changelog": f"{self.prefix}-records-changelog",
+        }
+
+    def start(self, timeout: float = 90) -> None:
+        """Start and wait until every partition is assigned (GET /health)."""
+        self.log_path = self.data_dir.parent / f"{self.prefix}-worker-{time.time_ns()}.log"
+        cmd = [
+            sys.executable, "-m", "streams.cli", "worker",
+            "--spec", str(SPEC), "--model", str(self.model),
+            "--bootstrap", self.bootstrap, "--data-dir", str(self.data_dir),
+            "--app-id", self.prefix, "--partitions", str(self.partitions),
+            "--events-topic", self.topics["events"], "--scores-topic", self.topics["scores"],
+            "--dlq-topic", self.topics["dlq"], "--http-port", str(self.port), *self.extra,
+        ]  # fmt: skip
+        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            health = self.get("/health")
+            if health and len(health.get("partitions", [])) == self.partitions:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> Any:
+        """GET a JSON (or text) path of the worker's HTTP server; None if unreachable."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                body = r.read().decode()
+        except (OSError, ValueError):
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body
+
+    def stop(self, timeout: float = 60) -> None:
+        """Graceful stop (SIGTERM), as an operator would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+    def log_tail(self, n: int = 60) -> str:
+        """The last lines of the worker's log."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines[-n:] if "cluster metadata" not in line)
+
+
+def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 120) -> list[Any]:
+    """Every message of a topic from the beginning, until ``expect`` arrived (or timeout)."""
+
+    async def run() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            parts = await _partitions(consumer, topic)
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            out: list[Any] = []
+            deadline = time.monotonic() + timeout
+            while len(out) < expect and time.monotonic() < deadline:
+                got = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for records in got.values():
+                    out.extend(records)
+            # Anything beyond `expect` (duplicates) that is already there counts too.
+            got = await consumer.getmany(timeout_ms=1000, max_records=100_000)
+            for records in got.values():
+                out.extend(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    for _ in range(100):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return [TopicPartition(topic, p) for p in sorted(parts)]
+        await consumer._client.force_metadata_update()  # topic may be brand new
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"topic {topic} has no partitions")
+
+
+def chunks(it: Iterator[Any], n: int) -> list[Any]:
+    """The next n items of an iterator."""
+    out = []
+    for item in it:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out
