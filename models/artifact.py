@@ -61,11 +61,11 @@ class Artifact:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Fraud probabilities of a (n, features) float64 matrix in spec order."""
-        return self.booster.predict(rows, num_threads=1)  # type: ignore[no-any-return]
+        return np.asarray(self.booster.predict(rows, num_threads=1))
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
         """Per-feature SHAP contributions (last column: expected value)."""
-        return self.booster.predict(rows, pred_contrib=True, num_threads=1)  # type: ignore[no-any-return]
+        return np.asarray(self.booster.predict(rows, pred_contrib=True, num_threads=1))
 
 
 def save(path: Path, booster: lgb.Booster, manifest: Manifest) -> Path:
@@ -78,16 +78,22 @@ def save(path: Path, booster: lgb.Booster, manifest: Manifest) -> Path:
     return path
 
 
-def load(path: str | Path, spec: Spec) -> Artifact:
-    """Load an artifact, refusing one whose spec hash or feature list differs from ``spec``."""
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of an artifact directory, without checking it against a spec."""
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST_FILE}; not a model artifact")
     try:
-        manifest = Manifest(**json.loads(manifest_path.read_text()))
+        return Manifest(**json.loads(manifest_path.read_text()))
     except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from None
+
+
+def load(path: str | Path, spec: Spec) -> Artifact:
+    """Load an artifact, refusing one whose spec hash or feature list differs from ``spec``."""
+    path = Path(path)
+    manifest = read_manifest(path)
     if manifest.spec_hash != spec.hash():
         raise ArtifactError(
             f"{path}: model {manifest.name} {manifest.version} was trained on spec "

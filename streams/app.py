@@ -22,6 +22,21 @@ from streams.worker import BatchWorker, WorkerConfig
 log = logging.getLogger(__name__)
 
 
+def faust_credentials(kafka: dict[str, Any]) -> Any:
+    """The same SASL/SSL settings the aiokafka clients get, in faust's form."""
+    protocol = kafka.get("security_protocol", "PLAINTEXT")
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka.get("sasl_plain_username"),
+            password=kafka.get("sasl_plain_password"),
+            mechanism=kafka.get("sasl_mechanism", "PLAIN"),
+            ssl_context=kafka.get("ssl_context"),
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(kafka["ssl_context"])
+    return None
+
+
 def create_app(
     cfg: WorkerConfig,
     worker: BatchWorker,
@@ -45,7 +60,7 @@ def create_app(
         # A crashed worker's faust group membership must not hold a restart for 60 s.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
-        broker_credentials=cfg.kafka.get("faust_credentials"),
+        broker_credentials=faust_credentials(cfg.kafka),
     )
 
     class BatchLoop(Service):
@@ -63,8 +78,14 @@ def create_app(
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ok = worker.consumer is not None and not worker._stopping
+        scorer = worker.scorer
         return web.json(
-            {"status": "ok" if ok else "starting", "partitions": sorted(worker.parts)},
+            {
+                "status": "ok" if ok else "starting",
+                "partitions": sorted(worker.parts),
+                "model": f"{scorer.champion.name} {scorer.champion.version}",
+                "shadow": f"{scorer.shadow.name} {scorer.shadow.version}" if scorer.shadow else None,
+            },
             status=200 if ok else 503,
         )
 

@@ -34,8 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("worker", help="run the streaming worker (faust app + batch loop)")
     p.add_argument("--spec", required=True, type=Path)
-    p.add_argument("--model", required=True, type=Path, help="model artifact directory")
-    p.add_argument("--shadow", type=Path, help="challenger artifact scored in shadow")
+    models = p.add_mutually_exclusive_group(required=True)
+    models.add_argument("--model", type=Path, help="model artifact directory (fixed)")
+    models.add_argument(
+        "--registry", type=Path, help="model registry: serve its champion, shadow its challenger, hot-reload"
+    )
+    p.add_argument("--shadow", type=Path, help="challenger artifact scored in shadow (with --model)")
     p.add_argument("--explain", type=int, default=0, metavar="K", help="top-K contributions per score")
     _kafka_args(p)
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="RocksDB and faust state")
@@ -46,6 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dlq-topic", default="events.dlq")
     p.add_argument("--max-batch", type=int, default=5000)
     p.add_argument("--no-features", action="store_true", help="leave features out of scores")
+    p.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="one Kafka transaction per batch (scores, changelog, offset); read_committed consumers "
+        "then see exactly one score per event",
+    )
+    p.add_argument("--max-future", type=float, default=86_400.0, help="seconds ahead of the clock before DLQ")
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=6066)
     p.set_defaults(run=_worker)
@@ -65,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int)
     _kafka_args(p)
     p.set_defaults(run=_tail)
+
+    from streams.cli_models import add_model_commands
+
+    add_model_commands(sub)
 
     p = sub.add_parser("describe", help="print the spec: features, record layout, hash")
     p.add_argument("--spec", required=True, type=Path)
@@ -146,14 +161,15 @@ def _worker(args: argparse.Namespace) -> int:
     from models.artifact import load
     from models.scorer import Scorer
     from streams.app import create_app
+    from streams.reload import ModelWatcher
     from streams.worker import BatchWorker, WorkerConfig
 
     spec = load_spec(args.spec)
-    scorer = Scorer(
-        load(args.model, spec),
-        shadow=load(args.shadow, spec) if args.shadow else None,
-        explain_top_k=args.explain,
-    )
+    if args.registry:
+        champion, shadow = ModelWatcher.initial(args.registry, spec)
+    else:
+        champion, shadow = load(args.model, spec), load(args.shadow, spec) if args.shadow else None
+    scorer = Scorer(champion, shadow=shadow, explain_top_k=args.explain)
     cfg = WorkerConfig(
         bootstrap=args.bootstrap,
         app_id=args.app_id,
@@ -164,10 +180,19 @@ def _worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         max_batch=args.max_batch,
         include_features=not args.no_features,
+        exactly_once=args.exactly_once,
+        max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )
     worker = BatchWorker(cfg, spec, scorer)
-    app = create_app(cfg, worker, http_host=args.http_host, http_port=args.http_port)
+    watcher = ModelWatcher(args.registry, spec, scorer, worker.lock) if args.registry else None
+    app = create_app(
+        cfg,
+        worker,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        on_timer=watcher.check if watcher else None,
+    )
     Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
     return 0
 

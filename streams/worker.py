@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 from entities.engine import Engine
@@ -57,6 +58,8 @@ class WorkerConfig:
     batch_timeout_ms: int = 5
     include_features: bool = True
     max_event_bytes: int = 64 * 1024
+    max_future_ms: int = 86_400_000  # events further ahead of the wall clock go to the DLQ
+    exactly_once: bool = False  # one Kafka transaction per batch: scores + changelog + offset
     max_cached_records: int = 100_000
     kafka: dict[str, Any] = field(default_factory=dict)  # security settings, passed through
 
@@ -78,6 +81,8 @@ class _Partition:
     store: PartitionStore
     engine: Engine
     changelog_next: int = 0
+    position: int = 0  # next input offset to apply
+    reseeked: int | None = None
     last: dict[str, tuple[float, str, list[float]]] = field(default_factory=dict)
 
 
@@ -106,6 +111,12 @@ class BatchWorker:
         self.scored_total = 0
         self._stopping = False
 
+    @property
+    def transactional_id(self) -> str:
+        """Stable per worker (its data dir): a restarted worker fences its crashed self."""
+        digest = hashlib.sha1(str(self.cfg.data_dir.resolve()).encode()).hexdigest()[:10]
+        return f"{self.cfg.app_id}-{digest}"
+
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -113,8 +124,10 @@ class BatchWorker:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await self.ensure_topics()
         common = {"bootstrap_servers": self.cfg.bootstrap, **self.cfg.kafka}
+        eos = {"transactional_id": self.transactional_id} if self.cfg.exactly_once else {}
         self.producer = AIOKafkaProducer(
             **common,
+            **eos,
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
@@ -175,8 +188,32 @@ class BatchWorker:
                 continue
             async with self.lock:
                 for tp, records in batches.items():
-                    if tp.partition in self.parts and records:
+                    part = self.parts.get(tp.partition)
+                    if part is not None and records:
+                        records = self._in_sequence(tp, part, records)
+                    if part is not None and records:
                         await self.process(tp, records)
+
+    def _in_sequence(self, tp: TopicPartition, part: _Partition, records: list[Any]) -> list[Any]:
+        """The records that continue exactly where the store left off.
+
+        A fetch issued around a (re)assignment can deliver records from another
+        position than the one the store seeked to; applying them would skip events.
+        Such a batch is dropped and the consumer seeked back. A gap that persists
+        after that seek is real (transaction markers, compaction) and is accepted.
+        """
+        assert self.consumer is not None
+        position = part.position
+        if records[-1].offset < position:
+            return []
+        if records[0].offset < position:
+            return [r for r in records if r.offset >= position]
+        if records[0].offset > position and part.reseeked != position:
+            log.warning("%s: got offset %d, expected %d: seeking back", tp, records[0].offset, position)
+            self.consumer.seek(tp, position)
+            part.reseeked = position
+            return []
+        return records
 
     async def process(self, tp: TopicPartition, records: list[Any]) -> None:
         """One partition's batch: decode, update, score, send, persist, commit."""
@@ -189,6 +226,7 @@ class BatchWorker:
         origin: dict[int, Any] = {}
         dead: list[tuple[Any, str]] = []
         decode = self.codec.decode
+        horizon = int(time.time() * 1000) + self.cfg.max_future_ms
         for rec in records:
             if rec.key is None:
                 dead.append((rec, "null key"))
@@ -201,6 +239,11 @@ class BatchWorker:
             if event.entity_id.encode() != rec.key:
                 dead.append((rec, f"field 'entity_id': {event.entity_id!r} differs from the message key"))
                 continue
+            if event.ts > horizon:
+                dead.append(
+                    (rec, f"field 'ts': {event.ts} ms is more than {self.cfg.max_future_ms} ms ahead")
+                )
+                continue
             events.append(event)
             origin[id(event)] = rec
         self._load(part, {e.entity_id for e in events})
@@ -209,9 +252,28 @@ class BatchWorker:
         m.duplicates.inc(result.duplicates)
         scores = self._scores(tp, part, result, origin)
 
-        futures = await self._send(self.cfg.scores_topic, scores)
-        futures += await self._send(self.cfg.dlq_topic, [self._dead_letter(tp, r, why) for r, why in dead])
-        await asyncio.gather(*futures)
+        next_offset = records[-1].offset + 1
+        changed = [(eid, part.engine.codec.encode(part.engine.records[eid])) for eid in result.changed]
+        headers = [
+            (msg.CL_BATCH_START, str(records[0].offset).encode()),
+            (msg.CL_BATCH_END, str(next_offset).encode()),
+        ]
+        changelog = [(eid.encode(), data, headers, tp.partition) for eid, data in changed]
+        dead_letters = [self._dead_letter(tp, r, why) for r, why in dead]
+        if self.cfg.exactly_once:
+            async with self.producer.transaction():
+                cl_meta = await self._publish(scores, dead_letters, changelog)
+                await self.producer.send_offsets_to_transaction({tp: next_offset}, self.cfg.group_id)
+        else:
+            cl_meta = await self._publish(scores, dead_letters, changelog)
+        if cl_meta:
+            part.changelog_next = max(base + n for base, n in cl_meta)
+        # Kafka has the scores and the changelog: now the local state, then the position.
+        part.store.commit(changed, next_offset, part.changelog_next)
+        part.position = next_offset
+        if not self.cfg.exactly_once:
+            await self._commit(tp, next_offset)
+
         if scores:
             now = time.time()
             for ev in result.scored:
@@ -221,23 +283,33 @@ class BatchWorker:
         for _, why in dead:
             m.dlq.labels(reason=why.split(":")[0][:60]).inc()
         m.late.inc(sum(result.late))
-
-        next_offset = records[-1].offset + 1
-        changed = [(eid, part.engine.codec.encode(part.engine.records[eid])) for eid in result.changed]
-        headers = [
-            (msg.CL_BATCH_START, str(records[0].offset).encode()),
-            (msg.CL_BATCH_END, str(next_offset).encode()),
-        ]
-        cl = [(eid.encode(), data, headers, tp.partition) for eid, data in changed]
-        cl_meta = await asyncio.gather(*await self._send(self.cfg.changelog_topic, cl, count=True))
-        if cl_meta:
-            part.changelog_next = max(base + n for base, n in cl_meta)
-        part.store.commit(changed, next_offset, part.changelog_next)
-        await self.consumer.commit({tp: next_offset})
         self._trim_cache(part)
         hw = self.consumer.highwater(tp)
         if hw is not None:
             m.lag.labels(partition=str(tp.partition)).set(max(0, hw - next_offset))
+
+    async def _publish(
+        self, scores: list[Any], dead: list[Any], changelog: list[Any]
+    ) -> list[tuple[int, int]]:
+        """Send scores and dead letters, then (once acknowledged) the changelog records.
+
+        The order matters: a changelog entry means "this batch is done", and recovery
+        resumes after it; if it could be acknowledged before the scores, a crash in
+        between would lose those scores.
+        """
+        futures = await self._send(self.cfg.scores_topic, scores)
+        futures += await self._send(self.cfg.dlq_topic, dead)
+        await asyncio.gather(*futures)
+        cl_futures = await self._send(self.cfg.changelog_topic, changelog, count=True)
+        return list(await asyncio.gather(*cl_futures))
+
+    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+        """Commit the group offset; the store's offset is the truth if this fails."""
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit({tp: offset})
+        except KafkaError as exc:  # e.g. a rebalance in progress: we seek from the store anyway
+            log.warning("offset commit of %s failed (%s); the store holds the position", tp, exc)
 
     def _load(self, part: _Partition, entity_ids: set[str]) -> None:
         """Bring the batch's records into the engine's cache (one multi-get)."""
@@ -349,9 +421,11 @@ class BatchWorker:
             resume = await self._restore(tp.partition, part)
             if resume is None:
                 resume = store.input_offset()
+            if resume is None:  # a new store: start where the group left off, else at the beginning
+                resume = (await self.consumer.committed(tp)) or 0
+            self.consumer.seek(tp, resume)
+            part.position = resume
             self.parts[tp.partition] = part
-            if resume is not None:
-                self.consumer.seek(tp, resume)
             log.info("assigned %s-%d, resuming at %s", tp.topic, tp.partition, resume)
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:

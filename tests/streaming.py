@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 def train_small_model(spec: Spec, features: Path, out: Path, trees: int = 30, version: str = "v1") -> Path:
     """A real LightGBM model on replayed features (small: tests need a model, not a good one)."""
     table = pq.read_table(features).to_pandas()
-    data = lgb.Dataset(table[spec.feature_names].to_numpy(), table["label"].to_numpy(), feature_name=spec.feature_names)
+    data = lgb.Dataset(
+        table[spec.feature_names].to_numpy(), table["label"].to_numpy(), feature_name=spec.feature_names
+    )
     params = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": 7, "deterministic": True}
     booster = lgb.train(params, data, num_boost_round=trees)
     manifest = Manifest(
@@ -42,7 +44,7 @@ def train_small_model(spec: Spec, features: Path, out: Path, trees: int = 30, ve
         feature_names=spec.feature_names,
         spec_hash=spec.hash(),
         lightgbm_version=lgb.__version__,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        created_at=dt.datetime.now(dt.UTC).isoformat(),
     )
     return save(out, booster, manifest)
 
@@ -52,7 +54,7 @@ class WorkerProcess:
     """``supernova worker`` as a child process with its own topics, data dir and port."""
 
     bootstrap: str
-    model: Path
+    model: Path | None
     data_dir: Path
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     partitions: int = 4
@@ -71,12 +73,12 @@ class WorkerProcess:
             "changelog": f"{self.prefix}-records-changelog",
         }
 
-    def start(self, timeout: float = 90) -> None:
-        """Start and wait until every partition is assigned (GET /health)."""
+    def start(self, timeout: float = 90, ready: Callable[[Any], bool] | None = None) -> None:
+        """Start and wait until ``ready(health)`` (default: every partition assigned here)."""
         self.log_path = self.data_dir.parent / f"{self.prefix}-worker-{time.time_ns()}.log"
         cmd = [
             sys.executable, "-m", "streams.cli", "worker",
-            "--spec", str(SPEC), "--model", str(self.model),
+            "--spec", str(SPEC), *(["--model", str(self.model)] if self.model else []),
             "--bootstrap", self.bootstrap, "--data-dir", str(self.data_dir),
             "--app-id", self.prefix, "--partitions", str(self.partitions),
             "--events-topic", self.topics["events"], "--scores-topic", self.topics["scores"],
@@ -89,7 +91,9 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
             health = self.get("/health")
-            if health and len(health.get("partitions", [])) == self.partitions:
+            if ready is not None and ready(health):
+                return
+            if ready is None and health and len(health.get("partitions", [])) == self.partitions:
                 return
             time.sleep(0.5)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log_tail()}")

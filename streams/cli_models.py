@@ -1,0 +1,212 @@
+"""Model subcommands of ``supernova``: train, backtest, and the registry (models list|promote|...).
+
+``streams/cli.py`` calls :func:`add_model_commands` with its subparsers; each command
+sets ``run`` to a function of the parsed arguments that returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_model_commands(sub: Any) -> None:
+    """Add ``train``, ``backtest`` and ``models`` to an argparse subparsers object."""
+    p = sub.add_parser("train", help="train a LightGBM model on replayed features")
+    p.add_argument("--spec", required=True, type=Path, help="feature spec module")
+    p.add_argument(
+        "--features", required=True, type=Path, help="feature Parquet from `replay --features-out`"
+    )
+    p.add_argument("--out", required=True, type=Path, help="new artifact directory")
+    p.add_argument("--valid-from", help="ISO date (UTC) where validation starts (default: at 80%% of rows)")
+    p.add_argument("--name", default="fraud", help="model name (default: fraud)")
+    p.add_argument("--version", help="model version (default: UTC time of training)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a LightGBM parameter (repeatable; VALUE read as JSON, else text)",
+    )
+    p.add_argument(
+        "--register", type=Path, metavar="REGISTRY", help="also copy the artifact into this registry"
+    )
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("backtest", help="score replayed features and write metrics.json + report.html")
+    p.add_argument("--spec", required=True, type=Path, help="feature spec module")
+    p.add_argument("--model", required=True, type=Path, help="champion artifact directory")
+    p.add_argument("--challenger", type=Path, help="challenger artifact directory, compared side by side")
+    p.add_argument(
+        "--features", required=True, type=Path, help="feature Parquet from `replay --features-out`"
+    )
+    p.add_argument("--out", required=True, type=Path, help="report directory")
+    p.add_argument("--source-csv", type=Path, help="source CSV: join category/state slices by trans_num")
+    p.set_defaults(run=_backtest)
+
+    p = sub.add_parser("models", help="the model registry: list, register, promote, clear")
+    p.add_argument(
+        "--registry",
+        type=Path,
+        help="registry directory (default: $SUPERNOVA_MODEL_REGISTRY or models/artifacts)",
+    )
+    msub = p.add_subparsers(dest="models_command", required=True)
+    q = msub.add_parser("list", help="artifacts and the champion/challenger pointers")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(run=_list)
+    q = msub.add_parser("register", help="copy an artifact directory into the registry")
+    q.add_argument("artifact", type=Path)
+    q.set_defaults(run=_register)
+    q = msub.add_parser("promote", help="point champion (or challenger) at an artifact")
+    q.add_argument("ref", help="artifact directory name, version, or model name (its newest)")
+    q.add_argument("--role", choices=("champion", "challenger"), default="champion")
+    q.add_argument("--spec", type=Path, help="refuse unless the artifact loads under this spec")
+    q.set_defaults(run=_promote)
+    q = msub.add_parser("clear", help="remove a pointer (e.g. the challenger)")
+    q.add_argument("role", choices=("champion", "challenger"))
+    q.set_defaults(run=_clear)
+
+
+def _user_errors(run: Command) -> Command:
+    """Typed errors (bad spec, artifact, data or reference) end the command with their message."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        from entities.spec import SpecError
+        from models.artifact import ArtifactError
+        from models.dataset import DatasetError
+        from models.registry import RegistryError
+        from models.train import TrainError
+
+        try:
+            return run(args)
+        except (SpecError, ArtifactError, DatasetError, RegistryError, TrainError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_user_errors
+def _train(args: argparse.Namespace) -> int:
+    from entities.spec import load_spec
+    from models.registry import Registry
+    from models.train import train
+
+    spec = load_spec(args.spec)
+    artifact = train(
+        spec,
+        args.features,
+        args.out,
+        valid_from=args.valid_from,
+        name=args.name,
+        params=_params(args.param),
+        version=args.version,
+    )
+    m = artifact.manifest
+    print(
+        f"trained {m.name} {m.version}: best iteration {m.metrics['best_iteration']}, "
+        f"validation ROC-AUC {m.metrics['roc_auc']:.4f}, PR-AUC {m.metrics['pr_auc']:.4f} "
+        f"({m.valid['rows']:,} rows from {m.valid['from'][:10]}); wrote {args.out}"
+    )
+    if args.register:
+        entry = Registry(args.register).register(args.out)
+        print(f"registered as {entry.path}")
+    return 0
+
+
+@_user_errors
+def _backtest(args: argparse.Namespace) -> int:
+    from entities.spec import load_spec
+    from models.backtest import REPORT_FILE, backtest
+
+    spec = load_spec(args.spec)
+    result = backtest(
+        args.model, args.features, args.out, args.challenger, spec=spec, source_csv=args.source_csv
+    )
+    for role, m in result.metrics["models"].items():
+        o = m["overall"]
+        print(
+            f"{role} {m['name']} {m['version']}: ROC-AUC {o['roc_auc']:.4f}, PR-AUC {o['pr_auc']:.4f} "
+            f"on {o['rows']:,} events ({o['positives']:,} fraud)"
+        )
+    print(f"report: {args.out / REPORT_FILE}")
+    return 0
+
+
+@_user_errors
+def _list(args: argparse.Namespace) -> int:
+    from models.registry import ROLES, Registry
+
+    registry = Registry(args.registry)
+    pointers = {role: (registry.pointer(role) or {}).get("artifact") for role in ROLES}
+    entries = [e.as_dict() for e in registry.list()]
+    if args.json:
+        print(
+            json.dumps({"registry": str(registry.root), "pointers": pointers, "artifacts": entries}, indent=2)
+        )
+        return 0
+    print(f"registry {registry.root}")
+    if not entries:
+        print("  (no artifacts)")
+    for e in entries:
+        roles = [role for role, key in pointers.items() if key == e["artifact"]]
+        mark = f"  <- {', '.join(roles)}" if roles else ""
+        print(
+            f"  {e['artifact']:<40} created {e['created_at']}  spec {e['spec_hash']}  "
+            f"ROC-AUC {_fmt(e['roc_auc'])}  PR-AUC {_fmt(e['pr_auc'])}{mark}"
+        )
+    return 0
+
+
+@_user_errors
+def _register(args: argparse.Namespace) -> int:
+    from models.registry import Registry
+
+    entry = Registry(args.registry).register(args.artifact)
+    print(f"registered {entry.key} in {entry.path.parent}")
+    return 0
+
+
+@_user_errors
+def _promote(args: argparse.Namespace) -> int:
+    from entities.spec import load_spec
+    from models.registry import Registry
+
+    spec = load_spec(args.spec) if args.spec else None
+    entry = Registry(args.registry).promote(args.ref, role=args.role, spec=spec)
+    print(f"{args.role} -> {entry.key}")
+    return 0
+
+
+@_user_errors
+def _clear(args: argparse.Namespace) -> int:
+    from models.registry import Registry
+
+    Registry(args.registry).clear(args.role)
+    print(f"cleared {args.role}")
+    return 0
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
