@@ -6,6 +6,9 @@
 - ``lifetime``: per repeated attribute, aggregates over every item ever appended
   (they survive retention); ``last_ts``: the newest ts ever appended.
 - ``duplicates``: how many events were ignored because their event_id was known.
+- ``offset``: the input offset of the last event applied, when fed from a log (-1
+  otherwise); a worker replaying after a crash skips what the record already holds,
+  however old (event-id dedupe alone only reaches back as far as retention).
 
 Records serialise to msgpack with a schema version and the spec's layout hash, so a
 record written under an incompatible layout is refused instead of misread.
@@ -32,14 +35,15 @@ class SupernovaRecord:
     """One entity's fixed attributes, repeated attributes and lifetime aggregates."""
 
     __slots__ = (
+        "duplicates",
         "entity_id",
         "fixed",
-        "items",
-        "lifetime",
-        "last_ts",
-        "duplicates",
         "fixed_ids",
         "ids",
+        "items",
+        "last_ts",
+        "lifetime",
+        "offset",
         "windows",
     )
 
@@ -50,6 +54,7 @@ class SupernovaRecord:
         self.lifetime: dict[str, dict[str, list[float]]] = {name: {} for name in repeated}
         self.last_ts: dict[str, int] = {}
         self.duplicates = 0
+        self.offset = -1
         self.fixed_ids: list[str] = []
         # Derived, never serialised: event ids of retained items, and window state
         # (built by the FeaturePlan on first use).
@@ -88,6 +93,7 @@ class RecordCodec:
                 ("lifetime", dict[str, dict[str, list[float]]]),
                 ("last_ts", dict[str, int]),
                 ("duplicates", int),
+                ("offset", int),
                 ("fixed_ids", list[str]),
             ],
             array_like=True,
@@ -110,6 +116,7 @@ class RecordCodec:
             record.lifetime,
             record.last_ts,
             record.duplicates,
+            record.offset,
             record.fixed_ids,
         )
         return self._encoder.encode(state)
@@ -123,9 +130,7 @@ class RecordCodec:
         if state.v != SCHEMA_VERSION:
             raise RecordError(f"record schema version {state.v}, expected {SCHEMA_VERSION}")
         if state.layout != self.layout:
-            raise RecordError(
-                f"record written for layout {state.layout}, this spec has {self.layout}"
-            )
+            raise RecordError(f"record written for layout {state.layout}, this spec has {self.layout}")
         record = SupernovaRecord(state.entity_id, self.repeated)
         record.fixed = msgspec.structs.asdict(state.fixed)
         record.fixed = {k: v for k, v in record.fixed.items() if v is not msgspec.UNSET}
@@ -136,5 +141,6 @@ class RecordCodec:
         record.lifetime = state.lifetime
         record.last_ts = state.last_ts
         record.duplicates = state.duplicates
+        record.offset = state.offset
         record.fixed_ids = state.fixed_ids
         return record

@@ -57,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "then see exactly one score per event",
     )
     p.add_argument("--max-future", type=float, default=86_400.0, help="seconds ahead of the clock before DLQ")
+    p.add_argument(
+        "--commit-interval",
+        type=float,
+        help="seconds between checkpoints (default 1.0; 0.1 with --exactly-once)",
+    )
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=6066)
     p.set_defaults(run=_worker)
@@ -181,6 +186,9 @@ def _worker(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         include_features=not args.no_features,
         exactly_once=args.exactly_once,
+        commit_interval_ms=int(
+            1000 * (args.commit_interval if args.commit_interval is not None else 0.1 if args.exactly_once else 1.0)
+        ),
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )

@@ -1,21 +1,28 @@
 """The hot path: a batch loop from the events topic to the scores topic.
 
-Per batch and partition: decode every message with msgspec, load the records the
-batch touches (one multi-get), run ``Engine.process`` (the same call as replay), one
-LightGBM predict, then send scores and dead letters, then the changelog (one message
-per changed record), then one RocksDB ``WriteBatch`` with the records and the offsets
-they cover, then commit the consumer offset. Kafka and RocksDB are touched once per
-batch, never once per event.
+Per poll (up to ``max_batch`` messages over all assigned partitions): decode every
+message with msgspec, load the records the poll touches (one multi-get per
+partition), run ``Engine.process`` (the same call as replay), one LightGBM predict
+for the whole poll, and send the scores and dead letters as producer batches. No
+per-event await, no per-event RocksDB write, no per-event changelog message.
 
-Recovery: a partition whose database is missing or behind its changelog is restored
-from the changelog and resumes at the start of the last batch it logged; event-id
-dedupe inside the records makes that replay harmless.
+Every ``commit_interval`` the worker checkpoints: it waits until the scores sent so
+far are acknowledged, then writes each record changed since the last checkpoint
+once to the compacted changelog, then one RocksDB ``WriteBatch`` per partition
+with those records *and* the input offset they cover, then commits the consumer
+offsets. In exactly-once mode the span between checkpoints is one Kafka
+transaction (scores, dead letters, changelog and offsets).
+
+After a crash the worker resumes at the last checkpoint (or, from the changelog,
+at the start of the last checkpoint it logged) and applies the events since then
+again: scores of those events are sent again (at-least-once), while records never
+hold an event twice (event-id dedupe).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import hashlib
 import logging
 import time
@@ -26,9 +33,8 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
+from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError
 
 from entities.engine import Engine
 from entities.events import Event, EventCodec, EventError
@@ -36,11 +42,12 @@ from entities.record import RecordError, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams import messages as msg
+from streams.kafka_io import MAX_PRODUCER_BATCH, Message, ensure_topics, partition_for, send_batches
 from streams.metrics import WorkerMetrics
+from streams.recovery import restore
 from streams.store import PartitionStore
 
 log = logging.getLogger(__name__)
-MAX_PRODUCER_BATCH = 1 << 20
 
 
 @dataclass
@@ -55,11 +62,12 @@ class WorkerConfig:
     dlq_topic: str = "events.dlq"
     partitions: int = 4
     max_batch: int = 5000
-    batch_timeout_ms: int = 5
+    poll_timeout_ms: int = 100
+    commit_interval_ms: int = 1000  # exactly-once: also the visibility delay of scores
     include_features: bool = True
     max_event_bytes: int = 64 * 1024
     max_future_ms: int = 86_400_000  # events further ahead of the wall clock go to the DLQ
-    exactly_once: bool = False  # one Kafka transaction per batch: scores + changelog + offset
+    exactly_once: bool = False
     max_cached_records: int = 100_000
     kafka: dict[str, Any] = field(default_factory=dict)  # security settings, passed through
 
@@ -78,17 +86,15 @@ class WorkerConfig:
 class _Partition:
     """State of one assigned input partition."""
 
+    tp: TopicPartition
     store: PartitionStore
     engine: Engine
-    changelog_next: int = 0
     position: int = 0  # next input offset to apply
+    checkpointed: int = 0  # input offset covered by the store
+    changelog_next: int = 0
+    dirty: set[str] = field(default_factory=set)
     reseeked: int | None = None
     last: dict[str, tuple[float, str, list[float]]] = field(default_factory=dict)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The Java client's default partition for a key (murmur2), so scores co-partition."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class BatchWorker:
@@ -108,6 +114,10 @@ class BatchWorker:
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.in_flight: list[Any] = []  # delivery futures since the last checkpoint
+        self.in_transaction = False
+        self.last_checkpoint = time.monotonic()
+        self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self.scored_total = 0
         self._stopping = False
 
@@ -122,7 +132,15 @@ class BatchWorker:
     async def start(self) -> None:
         """Create topics if absent, connect, subscribe."""
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        await self.ensure_topics()
+        n = self.cfg.partitions
+        compacted = {"cleanup.policy": "compact", "max.message.bytes": str(8 << 20)}
+        topics = [
+            NewTopic(self.cfg.events_topic, n, 1),
+            NewTopic(self.cfg.scores_topic, n, 1),
+            NewTopic(self.cfg.dlq_topic, n, 1),
+            NewTopic(self.cfg.changelog_topic, n, 1, topic_configs=compacted),
+        ]
+        await ensure_topics(self.cfg.bootstrap, topics, self.cfg.kafka)
         common = {"bootstrap_servers": self.cfg.bootstrap, **self.cfg.kafka}
         eos = {"transactional_id": self.transactional_id} if self.cfg.exactly_once else {}
         self.producer = AIOKafkaProducer(
@@ -130,9 +148,10 @@ class BatchWorker:
             **eos,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            linger_ms=1,
             max_batch_size=MAX_PRODUCER_BATCH,
             max_request_size=4 * MAX_PRODUCER_BATCH,
+            request_timeout_ms=60_000,
         )
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(
@@ -141,66 +160,59 @@ class BatchWorker:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.cfg.max_batch,
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=8 << 20,
+            max_partition_fetch_bytes=2 << 20,
             isolation_level="read_committed",
         )
         await self.consumer.start()
+        events_parts = await self.producer.partitions_for(self.cfg.events_topic)
+        scores_parts = await self.producer.partitions_for(self.cfg.scores_topic)
+        self.co_partitioned = len(events_parts) == len(scores_parts)
         self.consumer.subscribe([self.cfg.events_topic], listener=_Rebalance(self))
+        # Long-lived objects (spec, model, codecs) need no cyclic GC: freeze them and
+        # collect the young generation less often; records are plain acyclic data.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
 
     async def stop(self) -> None:
-        """Finish the batch in flight, close stores and clients."""
+        """Checkpoint what was processed, close stores and clients."""
         self._stopping = True
         async with self.lock:
-            if self.consumer is not None:
+            if self.producer is not None and self.consumer is not None:
+                try:
+                    await self.checkpoint()
+                except KafkaError as exc:
+                    log.error("final checkpoint failed (%s): the next start replays from the last one", exc)
                 await self.consumer.stop()
-            if self.producer is not None:
                 await self.producer.stop()
             for part in self.parts.values():
                 part.store.close()
             self.parts.clear()
 
-    async def ensure_topics(self) -> None:
-        """Create events/scores/dlq/changelog topics with the configured partitions."""
-        n = self.cfg.partitions
-        compacted = {"cleanup.policy": "compact", "max.message.bytes": str(8 << 20)}
-        await ensure_topics(
-            self.cfg.bootstrap,
-            [
-                NewTopic(self.cfg.events_topic, n, 1),
-                NewTopic(self.cfg.scores_topic, n, 1),
-                NewTopic(self.cfg.dlq_topic, n, 1),
-                NewTopic(self.cfg.changelog_topic, n, 1, topic_configs=compacted),
-            ],
-            self.cfg.kafka,
-        )
-
     # --- the loop -------------------------------------------------------------------
 
     async def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Consume batches until told to stop."""
+        """Consume until told to stop; checkpoint every commit interval."""
         assert self.consumer is not None
+        interval = self.cfg.commit_interval_ms / 1000
         while not (self._stopping or should_stop()):
             batches = await self.consumer.getmany(
-                timeout_ms=self.cfg.batch_timeout_ms * 20, max_records=self.cfg.max_batch
+                timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch
             )
-            if not batches:
-                continue
             async with self.lock:
-                for tp, records in batches.items():
-                    part = self.parts.get(tp.partition)
-                    if part is not None and records:
-                        records = self._in_sequence(tp, part, records)
-                    if part is not None and records:
-                        await self.process(tp, records)
+                if batches:
+                    await self.process(batches)
+                if time.monotonic() - self.last_checkpoint >= interval:
+                    await self.checkpoint()
 
-    def _in_sequence(self, tp: TopicPartition, part: _Partition, records: list[Any]) -> list[Any]:
-        """The records that continue exactly where the store left off.
+    def _in_sequence(self, part: _Partition, records: list[Any]) -> list[Any]:
+        """The records that continue exactly where this partition left off.
 
         A fetch issued around a (re)assignment can deliver records from another
-        position than the one the store seeked to; applying them would skip events.
-        Such a batch is dropped and the consumer seeked back. A gap that persists
-        after that seek is real (transaction markers, compaction) and is accepted.
+        position than the one the partition seeked to; applying them would skip
+        events. Such a batch is dropped and the consumer seeked back. A gap that
+        persists after that seek is real (transaction markers) and is accepted.
         """
         assert self.consumer is not None
         position = part.position
@@ -209,110 +221,104 @@ class BatchWorker:
         if records[0].offset < position:
             return [r for r in records if r.offset >= position]
         if records[0].offset > position and part.reseeked != position:
-            log.warning("%s: got offset %d, expected %d: seeking back", tp, records[0].offset, position)
-            self.consumer.seek(tp, position)
+            log.warning("%s: got offset %d, expected %d: seeking back", part.tp, records[0].offset, position)
+            self.consumer.seek(part.tp, position)
             part.reseeked = position
             return []
         return records
 
-    async def process(self, tp: TopicPartition, records: list[Any]) -> None:
-        """One partition's batch: decode, update, score, send, persist, commit."""
-        assert self.producer is not None and self.consumer is not None
-        part = self.parts[tp.partition]
+    async def process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """One poll: decode, update records, score once, send (not yet wait for) the results."""
         m = self.metrics
-        m.events_in.inc(len(records))
-        m.batch_size.observe(len(records))
+        rows: list[list[float]] = []
+        scored: list[tuple[_Partition, Event, Any, bool]] = []
+        dead: list[Message] = []
+        for tp, records in batches.items():
+            part = self.parts.get(tp.partition)
+            if part is None or not records:
+                continue
+            records = self._in_sequence(part, records)
+            if not records:
+                continue
+            m.events_in.inc(len(records))
+            m.batch_size.observe(len(records))
+            events, origin = self._decode(part, records, dead)
+            self._load(part, {e.entity_id for e in events})
+            events = self._not_yet_applied(part, events, origin)
+            result = part.engine.process(events)
+            for ev, err in result.rejected:
+                dead.append(self._dead_letter(part, origin[id(ev)], str(err)))
+            m.duplicates.inc(result.duplicates)
+            m.late.inc(sum(result.late))
+            rows.extend(result.rows)
+            scored.extend(
+                (part, ev, origin[id(ev)], late) for ev, late in zip(result.scored, result.late, strict=True)
+            )
+            part.dirty |= result.changed
+            part.position = records[-1].offset + 1
+        if not scored and not dead:
+            return
+        await self._begin()
+        scores = self._scores(scored, rows)
+        assert self.producer is not None
+        self.in_flight += await send_batches(self.producer, self.cfg.scores_topic, scores)
+        self.in_flight += await send_batches(self.producer, self.cfg.dlq_topic, dead)
+        if scored:
+            now = time.time()
+            m.latency.observe_many(now - np.array([rec.timestamp for _, _, rec, _ in scored]) / 1000.0)
+        m.scores_out.inc(len(scores))
+        self.scored_total += len(scores)
+
+    def _decode(self, part: _Partition, records: list[Any], dead: list[Message]) -> tuple[list[Event], dict[int, Any]]:
         events: list[Event] = []
         origin: dict[int, Any] = {}
-        dead: list[tuple[Any, str]] = []
         decode = self.codec.decode
         horizon = int(time.time() * 1000) + self.cfg.max_future_ms
         for rec in records:
             if rec.key is None:
-                dead.append((rec, "null key"))
-                continue
-            try:
-                event = decode(rec.value if rec.value is not None else b"")
-            except EventError as err:
-                dead.append((rec, str(err)))
-                continue
-            if event.entity_id.encode() != rec.key:
-                dead.append((rec, f"field 'entity_id': {event.entity_id!r} differs from the message key"))
-                continue
-            if event.ts > horizon:
-                dead.append(
-                    (rec, f"field 'ts': {event.ts} ms is more than {self.cfg.max_future_ms} ms ahead")
-                )
-                continue
-            events.append(event)
-            origin[id(event)] = rec
-        self._load(part, {e.entity_id for e in events})
-        result = part.engine.process(events)
-        dead.extend((origin[id(ev)], str(err)) for ev, err in result.rejected)
-        m.duplicates.inc(result.duplicates)
-        scores = self._scores(tp, part, result, origin)
+                reason = "null key"
+            else:
+                try:
+                    event = decode(rec.value if rec.value is not None else b"")
+                except EventError as err:
+                    reason = str(err)
+                else:
+                    if event.entity_id.encode() != rec.key:
+                        reason = f"field 'entity_id': {event.entity_id!r} differs from the message key"
+                    elif event.ts > horizon:
+                        reason = f"field 'ts': {event.ts} is more than {self.cfg.max_future_ms} ms ahead"
+                    else:
+                        events.append(event)
+                        origin[id(event)] = rec
+                        continue
+            dead.append(self._dead_letter(part, rec, reason))
+        return events, origin
 
-        next_offset = records[-1].offset + 1
-        changed = [(eid, part.engine.codec.encode(part.engine.records[eid])) for eid in result.changed]
-        headers = [
-            (msg.CL_BATCH_START, str(records[0].offset).encode()),
-            (msg.CL_BATCH_END, str(next_offset).encode()),
-        ]
-        changelog = [(eid.encode(), data, headers, tp.partition) for eid, data in changed]
-        dead_letters = [self._dead_letter(tp, r, why) for r, why in dead]
-        if self.cfg.exactly_once:
-            async with self.producer.transaction():
-                cl_meta = await self._publish(scores, dead_letters, changelog)
-                await self.producer.send_offsets_to_transaction({tp: next_offset}, self.cfg.group_id)
-        else:
-            cl_meta = await self._publish(scores, dead_letters, changelog)
-        if cl_meta:
-            part.changelog_next = max(base + n for base, n in cl_meta)
-        # Kafka has the scores and the changelog: now the local state, then the position.
-        part.store.commit(changed, next_offset, part.changelog_next)
-        part.position = next_offset
-        if not self.cfg.exactly_once:
-            await self._commit(tp, next_offset)
+    def _not_yet_applied(self, part: _Partition, events: list[Event], origin: dict[int, Any]) -> list[Event]:
+        """Drop events a record already holds (replayed after a crash); stamp the rest's offsets.
 
-        if scores:
-            now = time.time()
-            for ev in result.scored:
-                m.latency.observe(max(0.0, now - origin[id(ev)].timestamp / 1000))
-        m.scores_out.inc(len(scores))
-        self.scored_total += len(scores)
-        for _, why in dead:
-            m.dlq.labels(reason=why.split(":")[0][:60]).inc()
-        m.late.inc(sum(result.late))
-        self._trim_cache(part)
-        hw = self.consumer.highwater(tp)
-        if hw is not None:
-            m.lag.labels(partition=str(tp.partition)).set(max(0, hw - next_offset))
-
-    async def _publish(
-        self, scores: list[Any], dead: list[Any], changelog: list[Any]
-    ) -> list[tuple[int, int]]:
-        """Send scores and dead letters, then (once acknowledged) the changelog records.
-
-        The order matters: a changelog entry means "this batch is done", and recovery
-        resumes after it; if it could be acknowledged before the scores, a crash in
-        between would lose those scores.
+        Offsets are exact where event-id dedupe is not: a replayed span can reach
+        back further than retention keeps ids.
         """
-        futures = await self._send(self.cfg.scores_topic, scores)
-        futures += await self._send(self.cfg.dlq_topic, dead)
-        await asyncio.gather(*futures)
-        cl_futures = await self._send(self.cfg.changelog_topic, changelog, count=True)
-        return list(await asyncio.gather(*cl_futures))
-
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
-        """Commit the group offset; the store's offset is the truth if this fails."""
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit({tp: offset})
-        except KafkaError as exc:  # e.g. a rebalance in progress: we seek from the store anyway
-            log.warning("offset commit of %s failed (%s); the store holds the position", tp, exc)
+        records = part.engine.records
+        fresh = []
+        skipped = 0
+        for ev in events:
+            offset = origin[id(ev)].offset
+            rec = records.get(ev.entity_id)
+            if rec is None:
+                rec = part.engine.record(ev.entity_id)
+            if offset <= rec.offset:
+                skipped += 1
+                continue
+            rec.offset = offset
+            fresh.append(ev)
+        if skipped:
+            self.metrics.replayed.inc(skipped)
+        return fresh
 
     def _load(self, part: _Partition, entity_ids: set[str]) -> None:
-        """Bring the batch's records into the engine's cache (one multi-get)."""
+        """Bring the records of these entities into the engine's cache (one multi-get)."""
         records = part.engine.records
         missing = [e for e in entity_ids if e not in records]
         if not missing:
@@ -323,83 +329,106 @@ class BatchWorker:
             try:
                 records[entity_id] = part.engine.codec.decode(data)
             except RecordError as err:
-                log.error("quarantined record of entity %r: %s", entity_id, err)
+                log.error("quarantined record of entity %r (it starts afresh): %s", entity_id, err)
                 self.metrics.quarantined.inc()
                 part.store.quarantine(entity_id, data)
 
-    def _scores(
-        self, tp: TopicPartition, part: _Partition, result: Any, origin: dict[int, Any]
-    ) -> list[tuple[bytes, bytes, list[Any], int]]:
-        if not result.scored:
+    def _scores(self, scored: list[tuple[_Partition, Event, Any, bool]], rows: list[list[float]]) -> list[Message]:
+        if not scored:
             return []
-        matrix = np.array(result.rows, dtype=np.float64)
-        scored = self.scorer.score(matrix)
+        result = self.scorer.score(np.array(rows, dtype=np.float64))
         now_ms = int(time.time() * 1000)
         names = self.feature_names
-        out = []
+        features = self.cfg.include_features
         encode = msg.score_encoder.encode
-        n_scores = self.cfg.partitions
-        for i, ev in enumerate(result.scored):
-            rec = origin[id(ev)]
-            row = result.rows[i]
-            score = float(scored.scores[i])
+        n_parts = self.cfg.partitions
+        out: list[Message] = []
+        for i, (part, ev, rec, late) in enumerate(scored):
+            row = rows[i]
+            score = float(result.scores[i])
             message = msg.ScoreMessage(
                 event_id=ev.event_id,
                 entity_id=ev.entity_id,
                 event_ts=ev.ts,
                 scored_at=now_ms,
-                model=scored.model,
-                model_version=scored.version,
+                model=result.model,
+                model_version=result.version,
                 spec_hash=self.spec_hash,
                 score=score,
-                source=msg.Source(tp.topic, tp.partition, rec.offset),
-                late=result.late[i],
-                features=dict(zip(names, row, strict=True)) if self.cfg.include_features else None,
-                **scored.extra(i),
+                source=msg.Source(part.tp.topic, part.tp.partition, rec.offset),
+                late=late,
+                features=dict(zip(names, row, strict=True)) if features else None,
+                **result.extra(i),
             )
             part.last[ev.entity_id] = (score, ev.event_id, row)
-            out.append((rec.key, encode(message), [], partition_for(rec.key, n_scores)))
+            p = part.tp.partition if self.co_partitioned else partition_for(rec.key, n_parts)
+            out.append((rec.key, encode(message), [], p))
         return out
 
-    def _dead_letter(self, tp: TopicPartition, rec: Any, reason: str) -> tuple[Any, ...]:
-        key = rec.key
-        partition = partition_for(key, self.cfg.partitions) if key else tp.partition
+    def _dead_letter(self, part: _Partition, rec: Any, reason: str) -> Message:
+        self.metrics.dlq.labels(reason=reason.split(":")[0][:60]).inc()
         headers = [
             (msg.DLQ_REASON, reason.encode()),
-            (msg.DLQ_SOURCE, f"{tp.topic}/{tp.partition}/{rec.offset}".encode()),
+            (msg.DLQ_SOURCE, f"{part.tp.topic}/{part.tp.partition}/{rec.offset}".encode()),
         ]
-        return (key, rec.value if rec.value is not None else b"", headers, partition)
+        return (rec.key, rec.value if rec.value is not None else b"", headers, part.tp.partition)
 
-    async def _send(
-        self, topic: str, messages: Iterable[tuple[Any, bytes, list[Any], int]], count: bool = False
-    ) -> list[Any]:
-        """Append messages to per-partition producer batches; futures of the sends."""
-        assert self.producer is not None
-        producer = self.producer
-        futures: list[Any] = []
-        open_batches: dict[int, Any] = {}
-        counts: dict[int, int] = {}
+    # --- checkpoints ----------------------------------------------------------------
 
-        async def flush(p: int) -> None:
-            fut = await producer.send_batch(open_batches.pop(p), topic, partition=p)
-            n = counts.pop(p)
-            futures.append(_with_count(fut, n) if count else fut)
+    async def _begin(self) -> None:
+        if self.cfg.exactly_once and not self.in_transaction:
+            assert self.producer is not None
+            await self.producer.begin_transaction()
+            self.in_transaction = True
 
-        for key, value, headers, p in messages:
-            batch = open_batches.get(p)
-            if batch is None:
-                batch = open_batches[p] = producer.create_batch()
-                counts[p] = 0
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                await flush(p)
-                batch = open_batches[p] = producer.create_batch()
-                counts[p] = 0
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ValueError(f"message of {len(value)} bytes exceeds the producer batch")
-            counts[p] += 1
-        for p in list(open_batches):
-            await flush(p)
-        return futures
+    async def checkpoint(self) -> None:
+        """Make everything processed so far durable: scores, then changelog, then store, then offsets."""
+        assert self.producer is not None and self.consumer is not None
+        started = time.monotonic()
+        self.last_checkpoint = started
+        todo = [p for p in self.parts.values() if p.position > p.checkpointed]
+        await asyncio.gather(*self.in_flight)  # scores first: a changelog entry means "done"
+        self.in_flight.clear()
+        if not todo and not self.in_transaction:
+            return
+        await self._begin()
+        changed: dict[int, list[tuple[str, bytes]]] = {}
+        futures = []
+        for part in todo:
+            encode = part.engine.codec.encode
+            records = part.engine.records
+            changed[part.tp.partition] = [(eid, encode(records[eid])) for eid in part.dirty if eid in records]
+            headers = [
+                (msg.CL_BATCH_START, str(part.checkpointed).encode()),
+                (msg.CL_BATCH_END, str(part.position).encode()),
+            ]
+            cl = [(eid.encode(), data, headers, part.tp.partition) for eid, data in changed[part.tp.partition]]
+            futures.append(send_batches(self.producer, self.cfg.changelog_topic, cl, count=True))
+        sent = [await f for f in futures]
+        offsets = {part.tp: part.position for part in todo}
+        if self.cfg.exactly_once:
+            if offsets:
+                await self.producer.send_offsets_to_transaction(offsets, self.cfg.group_id)
+            await self.producer.commit_transaction()
+            self.in_transaction = False
+        for part, delivery in zip(todo, sent, strict=True):
+            acked = await asyncio.gather(*delivery)
+            if acked:
+                part.changelog_next = max(base + n for base, n in acked)
+            part.store.commit(changed[part.tp.partition], part.position, part.changelog_next)
+            part.checkpointed = part.position
+            part.dirty.clear()
+            self._trim_cache(part)
+        if offsets and not self.cfg.exactly_once:
+            try:
+                await self.consumer.commit(offsets)
+            except KafkaError as exc:  # e.g. mid-rebalance: the stores hold the positions anyway
+                log.warning("offset commit failed (%s); the stores hold the positions", exc)
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        for part in todo:
+            hw = self.consumer.highwater(part.tp)
+            if hw is not None:
+                self.metrics.lag.labels(partition=str(part.tp.partition)).set(max(0, hw - part.position))
 
     def _trim_cache(self, part: _Partition) -> None:
         records = part.engine.records
@@ -417,63 +446,29 @@ class BatchWorker:
             if tp.topic != self.cfg.events_topic or tp.partition in self.parts:
                 continue
             store = PartitionStore(self.cfg.data_dir / f"{tp.topic}-{tp.partition}")
-            part = _Partition(store, Engine(self.spec), store.changelog_offset())
-            resume = await self._restore(tp.partition, part)
-            if resume is None:
-                resume = store.input_offset()
+            restored = await restore(
+                self.cfg.bootstrap, self.cfg.changelog_topic, tp.partition, store, self.cfg.kafka
+            )
+            self.metrics.restored.inc(restored.records)
+            resume = restored.resume if restored.resume is not None else store.input_offset()
             if resume is None:  # a new store: start where the group left off, else at the beginning
                 resume = (await self.consumer.committed(tp)) or 0
             self.consumer.seek(tp, resume)
-            part.position = resume
+            part = _Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
             self.parts[tp.partition] = part
-            log.info("assigned %s-%d, resuming at %s", tp.topic, tp.partition, resume)
+            log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
-        """Close the stores of partitions taken away (the batch in flight finishes first)."""
-        for tp in tps:
-            part = self.parts.pop(tp.partition, None)
-            if part is not None and tp.topic == self.cfg.events_topic:
-                part.store.close()
-
-    async def _restore(self, partition: int, part: _Partition) -> int | None:
-        """Catch the store up with its changelog; the input offset to resume at, if restored."""
-        tp = TopicPartition(self.cfg.changelog_topic, partition)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.cfg.bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20,
-            **self.cfg.kafka,
-        )
-        await reader.start()
-        try:
-            reader.assign([tp])
-            end = (await reader.end_offsets([tp]))[tp]
-            start = part.changelog_next
-            if end <= start:
-                return None
-            reader.seek(tp, start)
-            resume = None
-            restored = 0
-            while True:
-                got = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
-                msgs = got.get(tp, [])
-                if msgs:
-                    part.store.commit(((m.key.decode(), m.value) for m in msgs), None, msgs[-1].offset + 1)
-                    restored += len(msgs)
-                    resume = int(dict(msgs[-1].headers)[msg.CL_BATCH_START])
-                position = await reader.position(tp)
-                if position >= end:
-                    break
-            part.changelog_next = end
-            self.metrics.restored.inc(restored)
-            log.info(
-                "restored %d changelog records of partition %d, resuming at %s", restored, partition, resume
-            )
-            return resume
-        finally:
-            await reader.stop()
+        """Checkpoint and close the partitions taken away."""
+        parts = [self.parts[tp.partition] for tp in tps if tp.partition in self.parts]
+        if parts and self.producer is not None:
+            try:  # all partitions: in exactly-once mode the open transaction spans them all
+                await self.checkpoint()
+            except KafkaError as exc:
+                log.error("checkpoint on revoke failed (%s): the next owner replays from the last one", exc)
+        for part in parts:
+            del self.parts[part.tp.partition]
+            part.store.close()
 
     # --- queries (HTTP) ------------------------------------------------------------------
 
@@ -493,7 +488,7 @@ class BatchWorker:
         return {
             "entity_id": entity_id,
             "partition": p,
-            "fixed": {k: str(v) if not isinstance(v, int | float) else v for k, v in record.fixed.items()},
+            "fixed": {k: v if isinstance(v, int | float) else str(v) for k, v in record.fixed.items()},
             "repeated_sizes": record.sizes(),
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
             "duplicates": record.duplicates,
@@ -502,31 +497,12 @@ class BatchWorker:
         }
 
 
-async def ensure_topics(bootstrap: str, topics: list[NewTopic], kafka: dict[str, Any]) -> None:
-    """Create the topics that do not exist yet (a concurrent creator is fine)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t.name not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-    finally:
-        await admin.close()
-
-
-async def _with_count(fut: Any, n: int) -> tuple[int, int]:
-    meta = await fut
-    return meta.offset, n
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, worker: BatchWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.worker.lock:  # wait for the batch in flight
+        async with self.worker.lock:  # wait for the poll in flight
             await self.worker.revoke(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:

@@ -132,8 +132,18 @@ class WorkerProcess:
         return "\n".join(line for line in lines[-n:] if "cluster metadata" not in line)
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 120) -> list[Any]:
-    """Every message of a topic from the beginning, until ``expect`` arrived (or timeout)."""
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    timeout: float = 120,
+    unique: Callable[[Any], Any] | None = None,
+) -> list[Any]:
+    """Every message of a topic from the beginning, until ``expect`` arrived (or timeout).
+
+    With ``unique``, waits for ``expect`` distinct ``unique(message)`` values instead
+    (duplicates do not count towards it).
+    """
 
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
@@ -145,11 +155,18 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 120) ->
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             out: list[Any] = []
+            seen: set[Any] = set()
             deadline = time.monotonic() + timeout
-            while len(out) < expect and time.monotonic() < deadline:
+
+            def enough() -> bool:
+                return (len(seen) if unique else len(out)) >= expect
+
+            while not enough() and time.monotonic() < deadline:
                 got = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for records in got.values():
                     out.extend(records)
+                    if unique:
+                        seen.update(unique(r) for r in records)
             # Anything beyond `expect` (duplicates) that is already there counts too.
             got = await consumer.getmany(timeout_ms=1000, max_records=100_000)
             for records in got.values():

@@ -15,7 +15,7 @@ from entities.spec import load_spec
 from streams.messages import DLQ_REASON, DLQ_SOURCE, ScoreMessage
 from streams.produce import file_events
 from streams.replay import replay
-from streams.worker import partition_for
+from streams.kafka_io import partition_for
 
 pytestmark = pytest.mark.kafka
 
@@ -59,7 +59,9 @@ def test_malformed_events_land_in_dlq_and_good_ones_are_scored(kafka_broker, tmp
         try:
             for i, event in enumerate(good):
                 key = event.entity_id.encode()
-                await producer.send(t["events"], codec.encode(event), key=key, partition=partition_for(key, 2))
+                await producer.send(
+                    t["events"], codec.encode(event), key=key, partition=partition_for(key, 2)
+                )
                 if i % 25 == 0 and i // 25 < len(bad):
                     k, v, _ = bad[i // 25]
                     await producer.send(t["events"], v, key=k, partition=0)

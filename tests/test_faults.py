@@ -1,0 +1,308 @@
+"""Faults on the real broker: crashes, lost state, broker restarts, rebalances, poison records.
+
+Every test streams real Sparkov events, injects its fault, and then checks the two
+guarantees: every event has a score (exactly one in exactly-once mode), and every
+card's record in RocksDB equals the record replay builds from the same events.
+Each prints one row of the fault table (events, scores, duplicates, lost, DLQ, s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import pytest
+from streaming import SPEC, WorkerProcess, read_topic, train_small_model
+
+from entities.engine import Engine
+from entities.events import Event
+from entities.record import RecordCodec
+from entities.spec import load_spec
+from streams.messages import ScoreMessage
+from streams.produce import file_events, produce
+from streams.replay import replay
+from streams.store import PartitionStore
+
+pytestmark = [pytest.mark.kafka, pytest.mark.fault]
+REPO = Path(__file__).resolve().parents[1]
+FULL = REPO.parent / "shared" / "data" / "fraudTest.csv.gz"
+SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
+INPUT, N_ROWS = (FULL, 100_000) if FULL.exists() else (SAMPLE, 20_000)
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real model (the faults are about delivery, not accuracy)."""
+    d = tmp_path_factory.mktemp("model")
+    replay(SPEC, SAMPLE, features_out=d / "f.parquet", limit=5_000)
+    return train_small_model(load_spec(SPEC), d / "f.parquet", d / "model", trees=10)
+
+
+@pytest.fixture(scope="module")
+def events() -> tuple[list[Event], dict[str, tuple]]:
+    """The input events and, per card, replay's final record (encoded, for exact comparison)."""
+    codec, it = file_events(SPEC, INPUT, N_ROWS)
+    evs = [e for e in it if isinstance(e, Event)]
+    engine = Engine(load_spec(SPEC))
+    engine.process(evs)
+    return evs, {eid: _content(engine.codec, engine.codec.encode(r)) for eid, r in engine.records.items()}
+
+
+def _publish(bootstrap: str, topic: str, evs: list[Event], rate: float | None = None) -> None:
+    codec, _ = file_events(SPEC, SAMPLE, 1)
+    asyncio.run(produce(bootstrap, topic, codec, iter(evs), rate=rate, partitions=PARTITIONS))
+
+
+def _publish_in_background(bootstrap: str, topic: str, evs: list[Event], rate: float) -> threading.Thread:
+    t = threading.Thread(target=_publish, args=(bootstrap, topic, evs, rate), daemon=True)
+    t.start()
+    return t
+
+
+def _scores(bootstrap: str, topic: str, expect: int, timeout: float = 240) -> list[ScoreMessage]:
+    """Scores until ``expect`` distinct events are scored (duplicates do not count)."""
+    messages = read_topic(bootstrap, topic, expect, timeout, unique=_event_id)
+    return [msgspec.json.decode(m.value, type=ScoreMessage) for m in messages]
+
+
+class _EventId(msgspec.Struct):
+    event_id: str
+
+
+def _event_id(message: object) -> str:
+    return msgspec.json.decode(message.value, type=_EventId).event_id  # type: ignore[attr-defined]
+
+
+def _content(codec: RecordCodec, data: bytes) -> tuple:
+    """What a record knows, without its duplicates counter (at-least-once replays bump it)."""
+    r = codec.decode(data)
+    return (r.entity_id, r.fixed, r.items, r.lifetime, r.last_ts)
+
+
+def _stored_records(data_dirs: list[Path], topic: str) -> dict[str, tuple]:
+    """Every record in the workers' RocksDB, decoded."""
+    codec = RecordCodec(load_spec(SPEC))
+    out: dict[str, tuple] = {}
+    for data_dir in data_dirs:
+        for p in range(PARTITIONS):
+            path = data_dir / f"{topic}-{p}"
+            if not path.exists():
+                continue
+            store = PartitionStore(path)
+            try:
+                for key, value in store.db.items():
+                    if not key.startswith(b"\x00"):
+                        out[key.decode()] = _content(codec, value)
+            finally:
+                store.close()
+    return out
+
+
+def _dead_letters(bootstrap: str, topic: str) -> list:
+    return read_topic(bootstrap, topic, expect=10**9, timeout=3)
+
+
+def _check(
+    name: str,
+    dead: list,
+    evs: list[Event],
+    scores: list[ScoreMessage],
+    want_records: dict[str, tuple],
+    got_records: dict[str, tuple],
+    started: float,
+    exactly_once: bool = False,
+) -> None:
+    expected = {e.event_id for e in evs if e.type == "transaction"}
+    counts = Counter(s.event_id for s in scores)
+    lost = expected - counts.keys()
+    dups = sum(c - 1 for c in counts.values())
+    print(
+        f"\nFAULT-TABLE | {name} | events {len(evs):,} | scores {len(scores):,} | duplicates {dups:,} "
+        f"| lost {len(lost):,} | dlq {len(dead):,} | {time.monotonic() - started:.0f} s"
+    )
+    for m in dead[:5]:
+        print("  dead letter:", dict(m.headers))
+    assert not lost, f"{len(lost)} events never scored"
+    assert counts.keys() == expected
+    if exactly_once:
+        assert dups == 0, f"{dups} duplicate scores in exactly-once mode"
+    assert got_records.keys() == want_records.keys()
+    differing = [k for k in want_records if got_records[k] != want_records[k]]
+    assert not differing, f"{len(differing)} records differ from replay, e.g. {differing[:3]}"
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_kill_9_five_times(kafka_broker, model: Path, events, tmp_path: Path, exactly_once: bool) -> None:
+    evs, want = events
+    started = time.monotonic()
+    worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", partitions=PARTITIONS)
+    if exactly_once:
+        worker.extra = ["--exactly-once"]
+    worker.start()
+    # Slow enough that the feed spans all five crashes (each restart takes ~10 s).
+    feeder = _publish_in_background(kafka_broker.bootstrap, worker.topics["events"], evs, rate=1_500)
+    rng = random.Random(1234)
+    try:
+        for i in range(5):
+            time.sleep(rng.uniform(1.0, 4.0))
+            print(f"kill {i + 1}: worker consumed {_metric(worker, 'supernova_events_in_total'):,.0f} so far")
+            worker.kill()
+            worker.start()
+        feeder.join()
+        n = sum(e.type == "transaction" for e in evs)
+        scores = _scores(kafka_broker.bootstrap, worker.topics["scores"], n)
+        if exactly_once:
+            scores = _scores_committed(kafka_broker.bootstrap, worker.topics["scores"], n)
+    finally:
+        worker.stop()
+    got = _stored_records([tmp_path / "data"], worker.topics["events"])
+    mode = "exactly-once" if exactly_once else "at-least-once"
+    dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
+    _check(f"kill -9 x5 ({mode})", dead, evs, scores, want, got, started, exactly_once)
+
+
+def _metric(worker: WorkerProcess, name: str) -> float:
+    text = worker.get("/metrics") or ""
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name))
+
+
+def _scores_committed(bootstrap: str, topic: str, expect: int) -> list[ScoreMessage]:
+    """Scores as a read_committed consumer sees them."""
+    import streaming
+
+    original = streaming.AIOKafkaConsumer
+
+    def committed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return original(*args, isolation_level="read_committed", **kwargs)
+
+    streaming.AIOKafkaConsumer = committed  # type: ignore[assignment]
+    try:
+        return _scores(bootstrap, topic, expect)
+    finally:
+        streaming.AIOKafkaConsumer = original  # type: ignore[assignment]
+
+
+def test_rocksdb_deleted_between_restarts(kafka_broker, model: Path, events, tmp_path: Path) -> None:
+    evs, want = events
+    started = time.monotonic()
+    data = tmp_path / "data"
+    worker = WorkerProcess(kafka_broker.bootstrap, model, data, partitions=PARTITIONS)
+    worker.start()
+    feeder = _publish_in_background(kafka_broker.bootstrap, worker.topics["events"], evs, rate=8_000)
+    try:
+        for _ in range(2):
+            time.sleep(3)
+            worker.kill()
+            shutil.rmtree(data)
+            worker.start()
+        feeder.join()
+        scores = _scores(
+            kafka_broker.bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs)
+        )
+    finally:
+        worker.stop()
+    dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
+    _check("RocksDB deleted x2", dead, evs, scores, want, _stored_records([data], worker.topics["events"]), started)
+
+
+def test_broker_restart_mid_stream(kafka_broker, model: Path, events, tmp_path: Path) -> None:
+    evs, want = events
+    evs = evs[: len(evs) // 2]
+    engine = Engine(load_spec(SPEC))
+    engine.process(evs)
+    want = {k: _content(engine.codec, engine.codec.encode(r)) for k, r in engine.records.items()}
+    started = time.monotonic()
+    worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", partitions=PARTITIONS)
+    worker.start()
+    half = len(evs) // 2
+    try:
+        _publish(kafka_broker.bootstrap, worker.topics["events"], evs[:half])
+        time.sleep(1)
+        kafka_broker.stop()
+        time.sleep(3)
+        kafka_broker.start()
+        _publish(kafka_broker.bootstrap, worker.topics["events"], evs[half:])
+        scores = _scores(
+            kafka_broker.bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs)
+        )
+        assert worker.proc is not None and worker.proc.poll() is None, "the worker did not survive"
+    finally:
+        worker.stop()
+    got = _stored_records([tmp_path / "data"], worker.topics["events"])
+    dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
+    _check("broker restart", dead, evs, scores, want, got, started)
+
+
+def test_rebalance_two_workers(kafka_broker, model: Path, events, tmp_path: Path) -> None:
+    evs, want = events
+    started = time.monotonic()
+    a = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "a", partitions=PARTITIONS)
+    b = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "b", prefix=a.prefix, partitions=PARTITIONS)
+    a.start()
+    b.start(ready=lambda h: bool(h and h.get("status") == "ok"))
+    feeder = _publish_in_background(kafka_broker.bootstrap, a.topics["events"], evs, rate=8_000)
+    try:
+        time.sleep(3)
+        b.stop()
+        time.sleep(4)
+        b.start(ready=lambda h: bool(h and h.get("status") == "ok"))
+        feeder.join()
+        scores = _scores(
+            kafka_broker.bootstrap, a.topics["scores"], sum(e.type == "transaction" for e in evs)
+        )
+    finally:
+        a.stop()
+        b.stop()
+    # After the last rebalance each partition's newest state is in one of the two stores;
+    # the changelog is the truth: compare a fresh restore of it with replay.
+    c = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "c", prefix=a.prefix, partitions=PARTITIONS)
+    c.start()
+    c.stop()
+    _check(
+        "rebalance (2 workers, 4 partitions)",
+        _dead_letters(kafka_broker.bootstrap, a.topics["dlq"]),
+        evs,
+        scores,
+        want,
+        _stored_records([tmp_path / "c"], a.topics["events"]),
+        started,
+    )
+
+
+def test_poison_record_is_quarantined(kafka_broker, model: Path, events, tmp_path: Path) -> None:
+    evs, _ = events
+    first = evs[:3_000]
+    data = tmp_path / "data"
+    worker = WorkerProcess(kafka_broker.bootstrap, model, data, partitions=PARTITIONS)
+    worker.start()
+    try:
+        _publish(kafka_broker.bootstrap, worker.topics["events"], first)
+        n1 = sum(e.type == "transaction" for e in first)
+        _scores(kafka_broker.bootstrap, worker.topics["scores"], n1)
+        worker.stop()
+        victim = next(e.entity_id for e in reversed(first) if e.type == "transaction")
+        for p in range(PARTITIONS):  # corrupt the victim's stored bytes wherever it lives
+            store = PartitionStore(data / f"{worker.topics['events']}-{p}")
+            if store.db.get(victim.encode()) is not None:
+                store.db.put(victim.encode(), b"\x93garbage")
+            store.close()
+        worker.start()
+        later = [e for e in evs[3_000:6_000]]
+        _publish(kafka_broker.bootstrap, worker.topics["events"], later)
+        n2 = n1 + sum(e.type == "transaction" for e in later)
+        scores = _scores(kafka_broker.bootstrap, worker.topics["scores"], n2)
+        metrics = worker.get("/metrics")
+        assert worker.proc is not None and worker.proc.poll() is None
+    finally:
+        worker.stop()
+    assert len({s.event_id for s in scores}) == n2
+    line = next(x for x in metrics.splitlines() if x.startswith("supernova_records_quarantined_total"))
+    assert float(line.split()[1]) == 1.0
+    assert "quarantined record of entity" in worker.log_tail(10_000)
