@@ -2,6 +2,11 @@
 
 Each aggregator holds plain data and is rebuilt from the record's items when a record
 is loaded, so nothing here is serialised. Items are tuples; ``idx`` picks the field.
+
+Every ``add``/``remove`` has an inline twin (``emit_add``/``emit_remove``): the same
+statements as Python source, which the compiled feature plan pastes into its hot
+path instead of calling the method. The two must stay in step, operation for
+operation, so that both paths give bit-identical state; keep them side by side.
 """
 
 from __future__ import annotations
@@ -18,38 +23,66 @@ Item = tuple[Any, ...]
 _ILL_CONDITIONED = 1e-3
 
 
-class Moments:
-    """Count, sum and sum of squares of one field, with Neumaier-compensated updates."""
+def neumaier(total: str, comp: str, x: str) -> list[str]:
+    """Source of one Neumaier step: ``total += x`` with its rounding error into ``comp``.
 
-    __slots__ = ("idx", "n", "s", "cs", "q", "cq")
+    ``abs(a) >= abs(b)`` is spelled out as conditionals (no calls, same branch for
+    every float including -0.0 and NaN): the hot path runs this a dozen times an event.
+    """
+    return [
+        f"_s = {total}",
+        f"_t = _s + {x}",
+        f"{comp} += (_s - _t) + {x} if (_s if _s >= 0.0 else -_s) >= ({x} if {x} >= 0.0 else -{x}) "
+        f"else ({x} - _t) + _s",
+        f"{total} = _t",
+    ]
+
+
+class Sums:
+    """Count and Neumaier-compensated sum of one field (for sum and mean)."""
+
+    __slots__ = ("cs", "idx", "n", "s")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
         self.n = 0
-        self.s = self.cs = self.q = self.cq = 0.0
+        self.s = self.cs = 0.0
 
     def add(self, item: Item) -> None:
         """Add an item's value."""
-        self._update(item[self.idx], 1)
-
-    def remove(self, item: Item) -> None:
-        """Remove an item's value (it must have been added)."""
-        self._update(-item[self.idx], -1)
-
-    def _update(self, x: float, dn: int) -> None:
-        self.n += dn
-        if self.n == 0:  # empty: drop accumulated rounding entirely
-            self.s = self.cs = self.q = self.cq = 0.0
-            return
+        self.n += 1
+        x = item[self.idx]
         s = self.s
         t = s + x
         self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
         self.s = t
-        x2 = x * x if dn > 0 else -(x * x)
-        q = self.q
-        t = q + x2
-        self.cq += (q - t) + x2 if abs(q) >= abs(x2) else (x2 - t) + q
-        self.q = t
+
+    def remove(self, item: Item) -> None:
+        """Remove an item's value (it must have been added)."""
+        self.n -= 1
+        if self.n == 0:  # empty: drop accumulated rounding entirely
+            self.s = self.cs = 0.0
+            return
+        x = -item[self.idx]
+        s = self.s
+        t = s + x
+        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
+        self.s = t
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)``."""
+        return [f"{var}.n += 1", f"_x = {item}[{self.idx}]", *neumaier(f"{var}.s", f"{var}.cs", "_x")]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [
+            f"{var}.n -= 1",
+            f"if {var}.n == 0:",
+            f"    {var}.s = {var}.cs = 0.0",
+            "else:",
+            f"    _x = -{item}[{self.idx}]",
+            *(f"    {line}" for line in neumaier(f"{var}.s", f"{var}.cs", "_x")),
+        ]
 
     def __len__(self) -> int:
         return self.n
@@ -61,6 +94,68 @@ class Moments:
     def mean(self) -> float:
         """Mean of the values (NaN when empty)."""
         return (self.s + self.cs) / self.n if self.n else math.nan
+
+
+class Moments(Sums):
+    """Count, sum and sum of squares of one field, with Neumaier-compensated updates."""
+
+    __slots__ = ("cq", "q")
+
+    def __init__(self, idx: int) -> None:
+        super().__init__(idx)
+        self.q = self.cq = 0.0
+
+    def add(self, item: Item) -> None:
+        """Add an item's value."""
+        self.n += 1
+        x = item[self.idx]
+        s = self.s
+        t = s + x
+        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
+        self.s = t
+        x2 = x * x
+        q = self.q
+        t = q + x2
+        self.cq += (q - t) + x2 if abs(q) >= abs(x2) else (x2 - t) + q
+        self.q = t
+
+    def remove(self, item: Item) -> None:
+        """Remove an item's value (it must have been added)."""
+        self.n -= 1
+        if self.n == 0:  # empty: drop accumulated rounding entirely
+            self.s = self.cs = self.q = self.cq = 0.0
+            return
+        x = -item[self.idx]
+        s = self.s
+        t = s + x
+        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
+        self.s = t
+        x2 = -(x * x)
+        q = self.q
+        t = q + x2
+        self.cq += (q - t) + x2 if abs(q) >= abs(x2) else (x2 - t) + q
+        self.q = t
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)``."""
+        return [
+            *super().emit_add(var, item),
+            "_x2 = _x * _x",
+            *neumaier(f"{var}.q", f"{var}.cq", "_x2"),
+        ]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [
+            f"{var}.n -= 1",
+            f"if {var}.n == 0:",
+            f"    {var}.s = {var}.cs = {var}.q = {var}.cq = 0.0",
+            "else:",
+            f"    _x = -{item}[{self.idx}]",
+            *(f"    {line}" for line in neumaier(f"{var}.s", f"{var}.cs", "_x")),
+            "    _x2 = -(_x * _x)",
+            *(f"    {line}" for line in neumaier(f"{var}.q", f"{var}.cq", "_x2")),
+        ]
 
     def std(self, values: Callable[[], Sequence[float]]) -> float:
         """Population std; ``values`` gives the window's values for the exact path."""
@@ -87,24 +182,43 @@ def exact_std(xs: Sequence[float]) -> float:
 class Extreme:
     """Running max (or min) over a sliding window: a monotonic deque of items."""
 
-    __slots__ = ("idx", "sign", "dq")
+    __slots__ = ("dq", "idx", "largest")
 
     def __init__(self, idx: int, largest: bool) -> None:
         self.idx = idx
-        self.sign = 1.0 if largest else -1.0
+        self.largest = largest
         self.dq: deque[Item] = deque()
 
     def add(self, item: Item) -> None:
         """Add the newest item; older items it dominates can never be the extreme again."""
-        dq, i, v = self.dq, self.idx, item[self.idx] * self.sign
-        while dq and dq[-1][i] * self.sign <= v:
-            dq.pop()
+        dq, i, v = self.dq, self.idx, item[self.idx]
+        if self.largest:
+            while dq and dq[-1][i] <= v:
+                dq.pop()
+        else:
+            while dq and dq[-1][i] >= v:
+                dq.pop()
         dq.append(item)
 
     def remove(self, item: Item) -> None:
         """Remove the oldest item of the window."""
         if self.dq and self.dq[0] is item:
             self.dq.popleft()
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)``."""
+        i, op = self.idx, "<=" if self.largest else ">="
+        return [
+            f"_dq = {var}.dq",
+            f"_v = {item}[{i}]",
+            f"while _dq and _dq[-1][{i}] {op} _v:",
+            "    _dq.pop()",
+            f"_dq.append({item})",
+        ]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [f"_dq = {var}.dq", f"if _dq and _dq[0] is {item}:", "    _dq.popleft()"]
 
     def __len__(self) -> int:
         return len(self.dq)
@@ -117,7 +231,7 @@ class Extreme:
 class Counter:
     """Occurrences of each value of one field: distinct count and per-value count."""
 
-    __slots__ = ("idx", "counts")
+    __slots__ = ("counts", "idx")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
@@ -128,9 +242,6 @@ class Counter:
         k = item[self.idx]
         self.counts[k] = self.counts.get(k, 0) + 1
 
-    def __len__(self) -> int:
-        return len(self.counts)
-
     def remove(self, item: Item) -> None:
         """Uncount an item's value."""
         k = item[self.idx]
@@ -139,6 +250,25 @@ class Counter:
             self.counts[k] = c
         else:
             del self.counts[k]
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)``."""
+        return [f"_c = {var}.counts", f"_k = {item}[{self.idx}]", "_c[_k] = _c.get(_k, 0) + 1"]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [
+            f"_c = {var}.counts",
+            f"_k = {item}[{self.idx}]",
+            "_n = _c[_k] - 1",
+            "if _n:",
+            "    _c[_k] = _n",
+            "else:",
+            "    del _c[_k]",
+        ]
+
+    def __len__(self) -> int:
+        return len(self.counts)
 
 
 class Keyed:
@@ -166,6 +296,14 @@ class Keyed:
         part.remove(item)
         if not len(part):
             del self.parts[k]
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""
+        return [f"{var}.add({item})"]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [f"{var}.remove({item})"]
 
     def get(self, key: Any) -> Any:
         """The aggregator of one key (None if that key never occurred)."""

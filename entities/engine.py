@@ -31,9 +31,7 @@ class BatchResult:
 class Engine:
     """Applies events to records with one FeaturePlan; records live in ``records``."""
 
-    def __init__(
-        self, spec: Spec, records: MutableMapping[str, SupernovaRecord] | None = None
-    ) -> None:
+    def __init__(self, spec: Spec, records: MutableMapping[str, SupernovaRecord] | None = None) -> None:
         self.spec = spec
         self.plan = FeaturePlan(spec)
         self.codec = RecordCodec(spec)
@@ -53,10 +51,13 @@ class Engine:
         apply = self.plan.apply
         records = self.records
         scored_name = self._scored_name
+        # Bound methods in locals: this loop runs once per event.
+        changed, scored, rows, late = out.changed.add, out.scored.append, out.rows.append, out.late.append
         for event in events:
-            rec = records.get(event.entity_id)
+            entity_id = event.entity_id
+            rec = records.get(entity_id)
             if rec is None:
-                rec = self.record(event.entity_id)
+                rec = self.record(entity_id)
             dups = rec.duplicates
             last = rec.last_ts.get(scored_name)
             try:
@@ -64,11 +65,11 @@ class Engine:
             except EventError as err:
                 out.rejected.append((event, err))
                 continue
-            out.changed.add(event.entity_id)
+            changed(entity_id)
             if row is not None:
-                out.scored.append(event)
-                out.rows.append(row)
-                out.late.append(last is not None and event.ts < last)
+                scored(event)
+                rows(row)
+                late(last is not None and event.ts < last)
             elif rec.duplicates != dups:
                 out.duplicates += 1
         return out

@@ -7,20 +7,52 @@ same one). An in-order event is appended, added to every window and the items th
 fell out are removed: no rescan of history. A late event (older than the entity's
 newest, within ``allowed_lateness``) is inserted in ts order and its features are
 computed over its own window slice; the windows are then rebuilt around the newest
-item. Both paths use the same aggregators and evaluators.
+item. Both paths use the same aggregators and the same feature code. Retention
+(``max_age``, ``max_count``) is applied after the features, so an event always sees
+the window it declares.
+
+Sums, means, stds and z-scores of unfiltered windows come from prefix sums: per
+field, Neumaier-compensated running sums of the values and their squares, one entry
+per item, so a window's sum is the difference of two entries whatever its length and
+nothing has to be removed when an item leaves it. The compensation terms carry the
+rounding error of every step, so a difference is as accurate as a sum kept per
+window (a 1e6 leaving a window of cents loses nothing); the prefixes are recomputed
+from the items every ``REBASE_EVERY`` appends so their magnitude stays that of the
+retained items. A std whose running variance is ill-conditioned is recomputed in
+two passes (``exact_std``), as before.
+
+The in-order path is the hot loop of replay and of the worker, so the plan writes it
+out as Python source specialised to the spec - windows unrolled, aggregator updates
+inlined (see ``emit_add`` in :mod:`entities.aggregators`), one expression per
+feature - and compiles that once. ``FeaturePlan.source`` shows the generated code;
+tracebacks point into it. Rare paths (late events, records loaded without window
+state, profile events) stay ordinary methods.
 """
 
 from __future__ import annotations
 
+import keyword
+import linecache
 import math
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from entities.aggregators import Counter, Extreme, Item, Keyed, Moments
+from entities.aggregators import (
+    _ILL_CONDITIONED,
+    Counter,
+    Extreme,
+    Item,
+    Keyed,
+    Moments,
+    Sums,
+    exact_std,
+    neumaier,
+)
 from entities.events import Event, EventError, LateEventError
 from entities.record import RECENT_FIXED_IDS, SupernovaRecord
 from entities.spec import (
@@ -44,7 +76,7 @@ def _ts(item: Item) -> int:
 class _Group:
     """Live aggregators of one window length: items[lo:] of the record are inside."""
 
-    __slots__ = ("length", "lo", "aggs")
+    __slots__ = ("aggs", "length", "lo")
 
     def __init__(self, length: int, lo: int, aggs: list[Any]) -> None:
         self.length = length
@@ -52,25 +84,47 @@ class _Group:
         self.aggs = aggs
 
 
+class _Windows:
+    """Window state of one repeated attribute of a record (derived, never serialised).
+
+    ``groups``: one per window length. ``prefixes``: per summed field, running
+    compensated sums ``(s, c[, q, cq])`` of the values (and their squares) before
+    each item - one more entry than there are items - so the sum over any window is
+    a difference of two entries and items leaving a window cost nothing.
+    ``fresh`` counts entries appended since the prefixes were last computed from
+    the items; they are recomputed every REBASE_EVERY appends so that their values,
+    and their rounding, stay of the size of the retained items.
+    """
+
+    __slots__ = ("fresh", "groups", "prefixes")
+
+    def __init__(self, groups: list[_Group], prefixes: list[list[tuple[float, ...]]]) -> None:
+        self.groups = groups
+        self.prefixes = prefixes
+        self.fresh = 0
+
+
+REBASE_EVERY = 4096
+
+
 @dataclass(frozen=True)
 class _AggKey:
-    family: str  # moments | max | min | counter
+    family: str  # sums | moments | max | min | counter
     idx: int
     where: int | None  # index of the same-as-current field, if filtered
 
 
-class _Eval:
-    """What evaluators read: the current item, its window groups, record state."""
+def _make_agg(key: _AggKey) -> Any:
+    def one() -> Any:
+        if key.family == "sums":
+            return Sums(key.idx)
+        if key.family == "moments":
+            return Moments(key.idx)
+        if key.family in ("max", "min"):
+            return Extreme(key.idx, largest=key.family == "max")
+        return Counter(key.idx)
 
-    __slots__ = ("item", "event", "groups", "items", "prev_ts", "lifetime", "fixed")
-
-    item: Item
-    event: Event
-    groups: list[_Group]
-    items: list[Item]
-    prev_ts: int | None
-    lifetime: dict[str, list[float]]
-    fixed: dict[str, Any]
+    return one() if key.where is None else Keyed(key.where, one)
 
 
 class _RepeatedPlan:
@@ -84,13 +138,19 @@ class _RepeatedPlan:
         self.agg_keys: list[list[_AggKey]] = []
         self.lifetime_fields: list[str] = []
         self.allowed_lateness = allowed_lateness
+        self.prefix_fields: list[int] = []  # item index of each summed field
+        self.prefix_squares: list[bool] = []  # whether its squares are summed too
 
-    def agg_slot(self, length: int, key: _AggKey) -> tuple[int, int]:
-        """Index of the group for ``length`` and of the aggregator for ``key`` in it."""
+    def group(self, length: int) -> int:
+        """Index of the group of windows of ``length`` (added on first use)."""
         if length not in self.lengths:
             self.lengths.append(length)
             self.agg_keys.append([])
-        g = self.lengths.index(length)
+        return self.lengths.index(length)
+
+    def agg_slot(self, length: int, key: _AggKey) -> tuple[int, int]:
+        """Index of the group for ``length`` and of the aggregator for ``key`` in it."""
+        g = self.group(length)
         keys = self.agg_keys[g]
         if key not in keys:
             keys.append(key)
@@ -100,16 +160,62 @@ class _RepeatedPlan:
         """Fresh aggregators of group ``g``."""
         return [_make_agg(k) for k in self.agg_keys[g]]
 
+    def prefix_slot(self, idx: int, squares: bool) -> int:
+        """Index of the prefix sums of item field ``idx`` (added on first use)."""
+        if idx not in self.prefix_fields:
+            self.prefix_fields.append(idx)
+            self.prefix_squares.append(squares)
+        return self.prefix_fields.index(idx)
 
-def _make_agg(key: _AggKey) -> Any:
-    def one() -> Any:
-        if key.family == "moments":
-            return Moments(key.idx)
-        if key.family in ("max", "min"):
-            return Extreme(key.idx, largest=key.family == "max")
-        return Counter(key.idx)
 
-    return one() if key.where is None else Keyed(key.where, one)
+class _Source:
+    """Python source under construction: lines at the current indentation."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def __call__(self, *lines: str) -> None:
+        self.lines.extend("    " * self.depth + line for line in lines)
+
+    @contextmanager
+    def block(self, header: str) -> Iterator[None]:
+        self(header)
+        self.depth += 1
+        yield
+        self.depth -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class _RowCode:
+    """The feature row of the scored attribute as source: set-up lines, one expression each.
+
+    The code reads these locals: ``event``, ``item``, ``items`` (the record's items up
+    to and including ``item``), ``prev`` (ts of the previous item or None), ``stats``
+    (lifetime aggregates), ``fixed``, per window group ``g`` its start ``lo{g}`` and
+    aggregators ``a{g}_{k}``, and per summed field ``j`` its prefix sums ``_P{j}``
+    (the last entry is the one after ``item``).
+    """
+
+    def __init__(self) -> None:
+        self.setup: list[str] = []
+        self.exprs: list[str] = []
+        self._done: set[str] = set()
+
+    def once(self, name: str, lines: list[str]) -> str:
+        """Emit ``lines`` (which set local ``name``) unless already emitted; return ``name``."""
+        if name not in self._done:
+            self._done.add(name)
+            self.setup.extend(lines)
+        return name
+
+
+# Features that need the squares of a field (the rest of its window family needs sums).
+_SQUARES = {"std", "zscore"}
+_SUMS = {"sum", "mean", "std", "zscore"}
+_ZERO = {False: "(0.0, 0.0)", True: "(0.0, 0.0, 0.0, 0.0)"}  # prefix sums of no items
 
 
 class FeaturePlan:
@@ -123,28 +229,64 @@ class FeaturePlan:
         self.by_type = {p.rep.event_type: p for p in self.repeated.values()}
         self.fixed_type = spec.fixed.event_type
         self.scored = self.repeated[spec.scored_repeated]
-        self.evaluators: list[Callable[[_Eval], float]] = [self._compile(f) for f in spec.features]
+        self._globals: dict[str, Any] = {}
+        self._squares = {
+            (f.repeated, f.agg.field, f.length if f.where is not None else None, f.where)
+            for f in spec.features
+            if isinstance(f, Window) and f.agg.kind in _SQUARES
+        }
+        row = _RowCode()
+        for f in spec.features:
+            row.exprs.append(self._compile(f, row))
+        self.source = self._generate(row)
+        filename = f"<supernova plan {spec.name or spec.entity} {spec.hash()}>"
+        linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
+        namespace = dict(self._globals)
+        exec(compile(self.source, filename, "exec"), namespace)
+        self._row: Callable[..., list[float]] = namespace["row_of"]
+        self._lifetime: dict[str, Callable[[dict[str, list[float]], Item], None]] = {
+            rp.name: namespace[f"lifetime_{i}"] for i, rp in enumerate(self.repeated.values())
+        }
+        self._prefixes: dict[str, Callable[[list[Item]], list[list[tuple[float, ...]]]]] = {
+            rp.name: namespace[f"prefixes_{i}"] for i, rp in enumerate(self.repeated.values())
+        }
+        # The generated dispatcher replaces the method below on the instance: one call
+        # less per event on the hot path.
+        self.apply = namespace["apply"]  # type: ignore[method-assign]
 
-    # --- compilation ---------------------------------------------------------------
+    def apply(self, record: SupernovaRecord, event: Event) -> list[float] | None:
+        """Apply one event to its record; the feature row for scored events, else None.
 
-    def _compile(self, f: Any) -> Callable[[_Eval], float]:
+        Duplicates (known event_id) change nothing but ``record.duplicates`` and give
+        None. Raises LateEventError for an event beyond the allowed lateness, leaving
+        the record untouched.
+        """
+        return self.apply(record, event)  # the instance's compiled dispatcher
+
+    # --- compilation: features -------------------------------------------------------
+
+    def _name(self, prefix: str, value: Any) -> str:
+        """A global of the generated code holding ``value``."""
+        name = f"{prefix}_{len(self._globals)}"
+        self._globals[name] = value
+        return name
+
+    def _compile(self, f: Any, row: _RowCode) -> str:
         scored = self.scored
         if isinstance(f, Current):
-            idx = scored.index[f.field]
-            return lambda e: float(e.item[idx])
+            return f"float(item[{scored.index[f.field]}])"
         if isinstance(f, Derived):
-            fn = f.fn
-            return lambda e: float(fn(e.event, e.fixed))
+            return f"float({self._name('derived', f.fn)}(event, fixed))"
         if isinstance(f, TimeSincePrevious):
             if self.repeated[f.repeated] is not scored:
                 raise EventError("spec", f"{f.name}: time since previous needs the scored attribute")
-            return lambda e: NAN if e.prev_ts is None else (e.item[0] - e.prev_ts) / 1000.0
+            return "(NAN if prev is None else (item[0] - prev) / 1000.0)"
         if isinstance(f, Lifetime):
             return self._compile_lifetime(f)
         assert isinstance(f, Window)
-        return self._compile_window(f)
+        return self._compile_window(f, row)
 
-    def _compile_lifetime(self, f: Lifetime) -> Callable[[_Eval], float]:
+    def _compile_lifetime(self, f: Lifetime) -> str:
         rp = self.repeated[f.repeated]
         if rp is not self.scored:
             raise EventError("spec", f"{f.name}: lifetime features need the scored attribute")
@@ -152,81 +294,304 @@ class FeaturePlan:
         if fld is not None and fld not in rp.lifetime_fields:
             rp.lifetime_fields.append(fld)
         if kind == "count":
-            return lambda e: float(e.lifetime[""][0])
-        pos = {"sum": None, "mean": None, "min": 2, "max": 3}[kind]
+            return "float(stats[''][0])"
+        st = f"stats[{fld!r}]"
         if kind == "sum":
-            return lambda e: e.lifetime[fld][0] + e.lifetime[fld][1]  # type: ignore[index]
+            return f"({st}[0] + {st}[1])"
         if kind == "mean":
-            return lambda e: (e.lifetime[fld][0] + e.lifetime[fld][1]) / e.lifetime[""][0]  # type: ignore[index]
-        return lambda e: e.lifetime[fld][pos]  # type: ignore[index]
+            return f"(({st}[0] + {st}[1]) / stats[''][0])"
+        return f"{st}[{2 if kind == 'min' else 3}]"
 
-    def _compile_window(self, f: Window) -> Callable[[_Eval], float]:
+    def _compile_window(self, f: Window, row: _RowCode) -> str:
         rp = self.repeated[f.repeated]
+        if rp is not self.scored:  # the row reads the window state of the scored attribute
+            raise EventError("spec", f"{f.name}: window features need the scored attribute")
         kind, fld = f.agg.kind, f.agg.field
         where = None if f.where is None else rp.index[f.where.field]
         idx = rp.index[fld] if fld is not None else -1
         if kind == "count" and where is None:
-            gi = self._group_only(rp, f.length)
-            return lambda e: float(len(e.items) - e.groups[gi].lo)
-        family = {
-            "count": "counter",
-            "distinct": "counter",
-            "min": "min",
-            "max": "max",
-        }.get(kind, "moments")
+            size = row.once("_len", ["_len = len(items)"])
+            return f"float({size} - lo{rp.group(f.length)})"
         if kind == "count":
             # Count of items equal to the current one in the filter field.
             g, a = rp.agg_slot(f.length, _AggKey("counter", where, None))  # type: ignore[arg-type]
-            return lambda e: float(e.groups[g].aggs[a].counts.get(e.item[where], 0))  # type: ignore[index]
+            return f"float(a{g}_{a}.counts.get(item[{where}], 0))"
+        if kind in _SUMS and where is None:
+            return self._compile_prefix(f, rp, idx, row)
+        if kind in _SUMS:
+            squares = (f.repeated, fld, f.length, f.where) in self._squares
+            family = "moments" if squares else "sums"
+        else:
+            family = {"distinct": "counter", "min": "min", "max": "max"}[kind]
         g, a = rp.agg_slot(f.length, _AggKey(family, idx, where))
-
-        def agg_of(e: _Eval) -> Any:
-            agg = e.groups[g].aggs[a]
-            return agg if where is None else agg.get(e.item[where])
-
-        def window_values(e: _Eval) -> list[float]:
-            lo = e.groups[g].lo
-            vals = e.items[lo:]
-            if where is not None:
-                key = e.item[where]
-                return [it[idx] for it in vals if it[where] == key]
-            return [it[idx] for it in vals]
-
+        agg = f"a{g}_{a}"
+        if where is not None:  # the part of the keyed aggregator for the current value
+            agg = row.once(f"p{g}_{a}", [f"p{g}_{a} = a{g}_{a}.parts[item[{where}]]"])
         if kind == "sum":
-            return lambda e: agg_of(e).total()
+            return f"({agg}.s + {agg}.cs)"
         if kind == "mean":
-            return lambda e: agg_of(e).mean()
-        if kind == "std":
-            return lambda e: agg_of(e).std(lambda: window_values(e))
-        if kind == "zscore":
-
-            def z(e: _Eval) -> float:
-                m = agg_of(e)
-                sd = m.std(lambda: window_values(e))
-                return 0.0 if not sd >= ZSCORE_MIN_STD else (e.item[idx] - m.mean()) / sd
-
-            return z
+            return f"(({agg}.s + {agg}.cs) / {agg}.n if {agg}.n else NAN)"
         if kind in ("min", "max"):
-            return lambda e: agg_of(e).value()
-        assert kind == "distinct"
-        return lambda e: float(len(agg_of(e).counts))
+            return f"({agg}.dq[0][{idx}] if {agg}.dq else NAN)"
+        if kind == "distinct":
+            return f"float(len({agg}.counts))"
+        keep = "" if where is None else f" if _it[{where}] == item[{where}]"
+        sd = row.once(
+            f"sd{g}_{a}",
+            [  # Moments.std, with the window's values for the exact two-pass path
+                f"_n = {agg}.n",
+                "if _n <= 1:",
+                f"    sd{g}_{a} = 0.0 if _n == 1 else NAN",
+                "else:",
+                f"    _s = {agg}.s + {agg}.cs",
+                f"    _q = {agg}.q + {agg}.cq",
+                "    _c = _q - _s * _s / _n",
+                f"    if _c > {_ILL_CONDITIONED!r} * _q:",
+                f"        sd{g}_{a} = sqrt(_c / _n)",
+                "    else:",
+                f"        sd{g}_{a} = exact_std([_it[{idx}] for _it in items[lo{g}:]{keep}])",
+            ],
+        )
+        if kind == "std":
+            return sd
+        assert kind == "zscore"
+        # sd >= ZSCORE_MIN_STD implies n >= 2, so the mean needs no empty guard.
+        mean = f"({agg}.s + {agg}.cs) / {agg}.n"
+        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else (item[{idx}] - {mean}) / {sd})"
 
-    @staticmethod
-    def _group_only(rp: _RepeatedPlan, length: int) -> int:
-        if length not in rp.lengths:
-            rp.lengths.append(length)
-            rp.agg_keys.append([])
-        return rp.lengths.index(length)
+    def _compile_prefix(self, f: Window, rp: _RepeatedPlan, idx: int, row: _RowCode) -> str:
+        """sum/mean/std/zscore of an unfiltered window, from differences of prefix sums."""
+        kind = f.agg.kind
+        j = rp.prefix_slot(idx, (f.repeated, f.agg.field, None, None) in self._squares)
+        g = rp.group(f.length)
+        # The prefix entry after the newest item, and the one before the window's first.
+        pn = row.once(f"_pn{j}", [f"_pn{j} = _P{j}[-1]"])
+        pl = row.once(f"_pl{j}_{g}", [f"_pl{j}_{g} = _P{j}[lo{g}]"])
+        total = row.once(f"sum{j}_{g}", _difference(f"sum{j}_{g}", pn, pl, 0))
+        size = row.once("_len", ["_len = len(items)"])
+        n = f"({size} - lo{g})"  # never 0: the window holds the current item
+        if kind == "sum":
+            return total
+        if kind == "mean":
+            return f"{total} / {n}"
+        sd = row.once(
+            f"sd{j}_{g}",
+            [  # as Moments.std, with the window's values for the exact two-pass path
+                f"_n = {n}",
+                "if _n <= 1:",
+                f"    sd{j}_{g} = 0.0 if _n == 1 else NAN",
+                "else:",
+                *(f"    {line}" for line in _difference("_q", pn, pl, 2)),
+                f"    _c = _q - {total} * {total} / _n",
+                f"    if _c > {_ILL_CONDITIONED!r} * _q:",
+                f"        sd{j}_{g} = sqrt(_c / _n)",
+                "    else:",
+                f"        sd{j}_{g} = exact_std([_it[{idx}] for _it in items[lo{g}:]])",
+            ],
+        )
+        if kind == "std":
+            return sd
+        assert kind == "zscore"
+        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else (item[{idx}] - {total} / {n}) / {sd})"
+
+    # --- compilation: code --------------------------------------------------------
+
+    def _generate(self, row: _RowCode) -> str:
+        self._globals.update(
+            NAN=NAN,
+            sqrt=math.sqrt,
+            exact_std=exact_std,
+            astuple=msgspec.structs.astuple,
+            EventError=EventError,
+            late_error=_late_error,
+            plan=self,
+            bisect_right=bisect_right,
+            _ts=_ts,
+        )
+        src = _Source()
+        spec = self.spec
+        src(f"# Generated by entities.features.FeaturePlan for spec {spec.name!r} ({spec.hash()}).")
+        src("")
+        rp = self.scored
+        with src.block("def row_of(event, item, items, groups, prefixes, prev, stats, fixed):"):
+            src('"""Feature row of a scored item from its window state (late events)."""')
+            for j in range(len(rp.prefix_fields)):
+                src(f"_P{j} = prefixes[{j}]")
+            for g in range(len(rp.lengths)):
+                src(f"lo{g} = groups[{g}].lo")
+                if rp.agg_keys[g]:
+                    src(f"{_targets(g, len(rp.agg_keys[g]))} = groups[{g}].aggs")
+            self._emit_row(src, row)
+            src("return row")
+        for i, rp in enumerate(self.repeated.values()):
+            src("")
+            with src.block(f"def lifetime_{i}(stats, item):"):
+                src(f'"""Update the lifetime aggregates of {rp.name!r} with an item."""')
+                self._emit_lifetime(src, rp)
+            src("")
+            with src.block(f"def prefixes_{i}(items):"):
+                src(f'"""The prefix sums of {rp.name!r} computed from its items."""')
+                for j in range(len(rp.prefix_fields)):
+                    src(f"_P{j} = [{_ZERO[rp.prefix_squares[j]]}]")
+                if rp.prefix_fields:
+                    with src.block("for item in items:"):
+                        self._emit_prefix_append(src, rp)
+                src(f"return [{', '.join(f'_P{j}' for j in range(len(rp.prefix_fields)))}]")
+        src("")
+        with src.block("def apply(record, event):"):
+            src('"""FeaturePlan.apply, specialised to this spec."""')
+            src("type_ = event.type")
+            for rp in sorted(self.repeated.values(), key=lambda p: p is not self.scored):
+                with src.block(f"if type_ == {rp.rep.event_type!r}:"):
+                    self._emit_apply(src, rp, self._name("rp", rp), row)
+            with src.block(f"if type_ == {self.fixed_type!r}:"):
+                src("return plan._apply_fixed(record, event)")
+            src('raise EventError("type", f"unknown event type {type_!r}")')
+        return src.text()
+
+    def _emit_row(self, src: _Source, row: _RowCode) -> None:
+        src(*row.setup)
+        src("row = [")
+        src(*(f"    {expr},  # {name}" for expr, name in zip(row.exprs, self.feature_names, strict=True)))
+        src("]")
+
+    def _emit_lifetime(self, src: _Source, rp: _RepeatedPlan) -> None:
+        """Source of the lifetime update (the count, then sum/min/max per field)."""
+        src(
+            "_n = stats.get('')",
+            "if _n is None:",
+            "    stats[''] = [1.0]",
+            "else:",
+            "    _n[0] += 1.0",
+        )
+        for fld in rp.lifetime_fields:
+            src(
+                f"_x = float(item[{rp.index[fld]}])",
+                f"_st = stats.get({fld!r})",
+                "if _st is None:",
+                f"    stats[{fld!r}] = [_x, 0.0, _x, _x]",
+                "else:",
+                *(f"    {line}" for line in neumaier("_st[0]", "_st[1]", "_x")),
+                "    if _x < _st[2]:",
+                "        _st[2] = _x",
+                "    if _x > _st[3]:",
+                "        _st[3] = _x",
+            )
+
+    def _emit_prefix_append(self, src: _Source, rp: _RepeatedPlan) -> None:
+        """Source appending ``item`` to the prefix sums ``_P{j}`` (Neumaier-compensated)."""
+        for j, (idx, squares) in enumerate(zip(rp.prefix_fields, rp.prefix_squares, strict=True)):
+            src(f"_p = _P{j}[-1]", f"_x = item[{idx}]", "_ps = _p[0]", "_pc = _p[1]")
+            src(*neumaier("_ps", "_pc", "_x"))
+            if squares:
+                src("_x2 = _x * _x", "_pq = _p[2]", "_pcq = _p[3]")
+                src(*neumaier("_pq", "_pcq", "_x2"))
+                src(f"_P{j}.append((_ps, _pc, _pq, _pcq))")
+            else:
+                src(f"_P{j}.append((_ps, _pc))")
+
+    def _emit_apply(self, src: _Source, rp: _RepeatedPlan, rp_var: str, row: _RowCode) -> None:
+        """Source of ``apply`` for one repeated attribute; the in-order path inline."""
+        name = repr(rp.name)
+        src(
+            "eid = event.event_id",
+            f"ids = record.ids[{name}]",
+            "if eid in ids:",
+            "    record.duplicates += 1",
+            "    return None",
+            "ts = event.ts",
+            "last_ts = record.last_ts",
+            f"last = last_ts.get({name})",
+            f"if last is not None and ts < last - {rp.allowed_lateness}:",
+            f"    raise late_error({rp_var}, last, ts)",
+            "_a = event.attrs",
+            f"item = (ts, eid, {_fields_of('_a', rp)})",
+            "windows = record.windows",
+            f"state = None if windows is None else windows.get({name})",
+            "if state is None:",
+            f"    state = plan._state(record, {rp_var})",
+            "ids.add(eid)",
+            "if last is not None and ts < last:",
+            f"    return plan._apply_late(record, {rp_var}, event, item, state)",
+            f"items = record.items[{name}]",
+            "items.append(item)",
+            f"last_ts[{name}] = ts",
+            "groups = state.groups",
+        )
+        if rp.prefix_fields:
+            src(*(f"_P{j} = state.prefixes[{j}]" for j in range(len(rp.prefix_fields))))
+            self._emit_prefix_append(src, rp)
+        for g, length in enumerate(rp.lengths):
+            aggs = [_make_agg(k) for k in rp.agg_keys[g]]
+            names = [f"a{g}_{k}" for k in range(len(aggs))]
+            src(f"# window (ts - {length}, ts]", f"_g = groups[{g}]")
+            if aggs:
+                src(f"{_targets(g, len(aggs))} = _g.aggs")
+            for agg, var in zip(aggs, names, strict=True):
+                src(*agg.emit_add(var, "item"))
+            src(f"lo{g} = _g.lo", f"_cut = ts - {length}")
+            with src.block(f"while items[lo{g}][0] <= _cut:"):
+                if aggs:
+                    src(f"_old = items[lo{g}]")
+                for agg, var in zip(aggs, names, strict=True):
+                    src(*agg.emit_remove(var, "_old"))
+                src(f"lo{g} += 1")
+            src(f"_g.lo = lo{g}")
+        src(f"stats = record.lifetime[{name}]")
+        self._emit_lifetime(src, rp)
+        if rp is self.scored:
+            src("prev = last", "fixed = record.fixed")
+            self._emit_row(src, row)
+        else:
+            src("row = None")
+        src(
+            "# retention, after the features: drop items beyond max_count or max_age",
+            f"_k = len(items) - {rp.rep.max_count}",
+            f"_too_old = ts - {rp.rep.max_age}",
+            "if items[0][0] <= _too_old:",
+        )
+        if rp.rep.max_age > 0:  # the newest item is never too old: a short scan, no key calls
+            src("    _j = 1", "    while items[_j][0] <= _too_old:", "        _j += 1")
+        else:
+            src("    _j = bisect_right(items, _too_old, key=_ts)")
+        inside = " or ".join(f"lo{g} < _k" for g in range(len(rp.lengths))) or "False"
+        src(
+            "    if _j > _k:",
+            "        _k = _j",
+            "if _k > 0:",
+            f"    if {inside}:  # a window still holds dropped items",
+            "        plan._drop_oldest(ids, items, state, _k)",
+            "    else:",
+            *(f"        groups[{g}].lo = lo{g} - _k" for g in range(len(rp.lengths))),
+            *(f"        del _P{j}[:_k]" for j in range(len(rp.prefix_fields))),
+            "        for _old in items[:_k]:",
+            "            ids.discard(_old[1])",
+            "        del items[:_k]",
+        )
+        if rp.prefix_fields:
+            src(
+                "state.fresh += 1",
+                f"if state.fresh > {REBASE_EVERY}:",
+                f"    plan._rebase(state, {rp_var}, items)",
+            )
+        src("return row")
 
     # --- state -----------------------------------------------------------------------
 
-    def _groups(self, record: SupernovaRecord, rp: _RepeatedPlan) -> list[_Group]:
+    def _state(self, record: SupernovaRecord, rp: _RepeatedPlan) -> _Windows:
+        """The record's window state of ``rp``, built from its items on first use."""
         if record.windows is None:
             record.windows = {}
-        groups = record.windows.get(rp.name)
-        if groups is None:
-            groups = record.windows[rp.name] = self._build_groups(rp, record.items[rp.name])
-        return groups  # type: ignore[no-any-return]
+        state = record.windows.get(rp.name)
+        if state is None:
+            items = record.items[rp.name]
+            state = _Windows(self._build_groups(rp, items), self._prefixes[rp.name](items))
+            record.windows[rp.name] = state
+        return state  # type: ignore[no-any-return]
+
+    def _rebase(self, state: _Windows, rp: _RepeatedPlan, items: list[Item]) -> None:
+        state.prefixes[:] = self._prefixes[rp.name](items)
+        state.fresh = 0
 
     def _build_groups(self, rp: _RepeatedPlan, items: list[Item]) -> list[_Group]:
         """Window state from scratch, relative to the newest item (used on load)."""
@@ -242,71 +607,28 @@ class FeaturePlan:
                 agg.add(item)
         return _Group(length, lo, aggs)
 
-    # --- the core --------------------------------------------------------------------
+    # --- the rare paths ---------------------------------------------------------------
 
-    def apply(self, record: SupernovaRecord, event: Event) -> list[float] | None:
-        """Apply one event to its record; the feature row for scored events, else None.
-
-        Duplicates (known event_id) change nothing but ``record.duplicates`` and give
-        None. Raises LateEventError for an event beyond the allowed lateness, leaving
-        the record untouched.
-        """
-        rp = self.by_type.get(event.type)
-        if rp is None:
-            if event.type != self.fixed_type:
-                raise EventError("type", f"unknown event type {event.type!r}")
-            self._apply_fixed(record, event)
-            return None
-        name = rp.name
-        eid = event.event_id
-        ids = record.ids[name]
-        if eid in ids:
-            record.duplicates += 1
-            return None
-        ts = event.ts
-        last = record.last_ts.get(name)
-        if last is not None and ts < last - rp.allowed_lateness:
-            raise LateEventError(
-                "ts",
-                f"event is {(last - ts) / 1000:.0f} s older than the entity's newest "
-                f"(allowed lateness {rp.allowed_lateness / 1000:.0f} s)",
-            )
-        item = (ts, eid, *msgspec.structs.astuple(event.attrs))
-        items = record.items[name]
-        groups = self._groups(record, rp)
-        ids.add(eid)
-        if last is None or ts >= last:
-            items.append(item)
-            record.last_ts[name] = ts
-            prev = last
-            for grp in groups:
-                aggs = grp.aggs
-                for agg in aggs:
-                    agg.add(item)
-                cutoff = ts - grp.length
-                lo = grp.lo
-                while items[lo][0] <= cutoff:
-                    old = items[lo]
-                    for agg in aggs:
-                        agg.remove(old)
-                    lo += 1
-                grp.lo = lo
-            view_groups, view_items = groups, items
-        else:
-            pos = bisect_right(items, ts, key=_ts)
-            items.insert(pos, item)
-            prev = items[pos - 1][0] if pos else None
-            view_items = items[: pos + 1]
-            view_groups = [self._slice_group(rp, g, view_items, ts, pos + 1) for g in range(len(groups))]
-            groups[:] = self._build_groups(rp, items)
-        self._update_lifetime(record, rp, item)
+    def _apply_late(
+        self, record: SupernovaRecord, rp: _RepeatedPlan, event: Event, item: Item, state: _Windows
+    ) -> list[float] | None:
+        """A late event: insert it in ts order, features over its own window slice."""
+        items = record.items[rp.name]
+        ts = item[0]
+        pos = bisect_right(items, ts, key=_ts)
+        items.insert(pos, item)
+        prev = items[pos - 1][0] if pos else None
+        view_items = items[: pos + 1]
+        view_groups = [self._slice_group(rp, g, view_items, ts, pos + 1) for g in range(len(rp.lengths))]
+        state.groups[:] = self._build_groups(rp, items)
+        self._rebase(state, rp, items)
+        stats = record.lifetime[rp.name]
+        self._lifetime[rp.name](stats, item)
         row = None
         if rp is self.scored:
-            e = _Eval()
-            e.item, e.event, e.groups, e.items = item, event, view_groups, view_items
-            e.prev_ts, e.lifetime, e.fixed = prev, record.lifetime[name], record.fixed
-            row = [ev(e) for ev in self.evaluators]
-        self._retain(record, rp, groups)
+            view_prefixes = [p[: pos + 2] for p in state.prefixes]
+            row = self._row(event, item, view_items, view_groups, view_prefixes, prev, stats, record.fixed)
+        self._retain(record, rp, state)
         return row
 
     def _apply_fixed(self, record: SupernovaRecord, event: Event) -> None:
@@ -319,45 +641,64 @@ class FeaturePlan:
             if v is not msgspec.UNSET:
                 record.fixed[k] = v
 
-    def _update_lifetime(self, record: SupernovaRecord, rp: _RepeatedPlan, item: Item) -> None:
-        stats = record.lifetime[rp.name]
-        n = stats.get("")
-        if n is None:
-            stats[""] = [1.0]
-        else:
-            n[0] += 1.0
-        for fld in rp.lifetime_fields:
-            x = float(item[rp.index[fld]])
-            st = stats.get(fld)
-            if st is None:
-                stats[fld] = [x, 0.0, x, x]
-                continue
-            s = st[0]
-            t = s + x
-            st[1] += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
-            st[0] = t
-            if x < st[2]:
-                st[2] = x
-            if x > st[3]:
-                st[3] = x
-
-    def _retain(self, record: SupernovaRecord, rp: _RepeatedPlan, groups: list[_Group]) -> None:
+    def _retain(self, record: SupernovaRecord, rp: _RepeatedPlan, state: _Windows) -> None:
         items = record.items[rp.name]
         too_old = items[-1][0] - rp.rep.max_age
         k = max(0, len(items) - rp.rep.max_count)
         if items[0][0] <= too_old:
             k = max(k, bisect_right(items, too_old, key=_ts))
-        if not k:
-            return
-        for grp in groups:
+        if k:
+            self._drop_oldest(record.ids[rp.name], items, state, k)
+
+    @staticmethod
+    def _drop_oldest(ids: set[str], items: list[Item], state: _Windows, k: int) -> None:
+        """Drop the ``k`` oldest items, first from any window that still holds them."""
+        for grp in state.groups:
             while grp.lo < k:
                 old = items[grp.lo]
                 for agg in grp.aggs:
                     agg.remove(old)
                 grp.lo += 1
             grp.lo -= k
-        ids = record.ids[rp.name]
+        for prefix in state.prefixes:
+            del prefix[:k]
         for old in items[:k]:
             ids.discard(old[1])
         del items[:k]
 
+
+def _difference(target: str, after: str, before: str, k: int) -> list[str]:
+    """Source of ``target`` = the sum between two prefix entries (fields ``k``, ``k + 1``).
+
+    The running sums are subtracted exactly (TwoSum: their rounding error is kept)
+    and added to the difference of the compensations, so the window's sum comes out
+    correctly rounded in all but near-tie cases - as a sum kept per window would.
+    """
+    hi, lo = f"{after}[{k}]", f"{before}[{k}]"
+    return [
+        f"_d = {hi} - {lo}",
+        f"_e = _d - {hi}",
+        f"{target} = _d + (({after}[{k + 1}] - {before}[{k + 1}]) + (({hi} - (_d - _e)) - ({lo} + _e)))",
+    ]
+
+
+def _fields_of(attrs: str, rp: _RepeatedPlan) -> str:
+    """Source of the item fields of an attrs struct: attribute reads, or astuple for odd names."""
+    names = list(rp.rep.fields)
+    if all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        return ", ".join(f"{attrs}.{n}" for n in names)
+    return f"*astuple({attrs})"
+
+
+def _targets(g: int, n: int) -> str:
+    """Assignment targets ``a{g}_0, a{g}_1, ...`` for the aggregators of group ``g``."""
+    names = ", ".join(f"a{g}_{k}" for k in range(n))
+    return names if n > 1 else f"({names},)"
+
+
+def _late_error(rp: _RepeatedPlan, last: int, ts: int) -> LateEventError:
+    return LateEventError(
+        "ts",
+        f"event is {(last - ts) / 1000:.0f} s older than the entity's newest "
+        f"(allowed lateness {rp.allowed_lateness / 1000:.0f} s)",
+    )

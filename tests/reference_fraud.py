@@ -108,9 +108,7 @@ def _haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
-def reference_features(
-    csv_path: str | Path, nrows: int | None = 20_000
-) -> pd.DataFrame:
+def reference_features(csv_path: str | Path, nrows: int | None = 20_000) -> pd.DataFrame:
     """Features for the first ``nrows`` data rows of ``csv_path``, in file row order.
 
     Columns: ``event_id`` (trans_num), ``entity_id`` (str of the integer cc_num),
@@ -139,10 +137,7 @@ def reference_features(
         a = amt[rows].tolist()
         m = merchant[rows].tolist()
         c = category[rows].tolist()
-        lo = {
-            w: np.searchsorted(ts, ts - w, side="right")
-            for w in (W_1H, W_24H, W_7D, W_30D)
-        }
+        lo = {w: np.searchsorted(ts, ts - w, side="right") for w in (W_1H, W_24H, W_7D, W_30D)}
         lo1h, lo24, lo7d, lo30 = (lo[w].tolist() for w in (W_1H, W_24H, W_7D, W_30D))
         for k, row in enumerate(rows.tolist()):
             end = k + 1  # e itself is the last element of every window
@@ -152,9 +147,7 @@ def reference_features(
 
             w24 = a[lo24[k] : end]
             out["amt_sum_24h"][row] = math.fsum(w24)
-            out["category_count_24h"][row] = sum(
-                1 for x in c[lo24[k] : end] if x == c[k]
-            )
+            out["category_count_24h"][row] = sum(1 for x in c[lo24[k] : end] if x == c[k])
 
             w7 = a[lo7d[k] : end]
             out["amt_mean_7d"][row] = math.fsum(w7) / len(w7)
@@ -165,26 +158,18 @@ def reference_features(
             std30 = _pop_std(w30)
             out["amt_max_30d"][row] = max(w30)
             out["amt_std_30d"][row] = std30
-            out["amt_zscore_30d"][row] = (
-                0.0 if std30 < ZSCORE_MIN_STD else (a[k] - mean30) / std30
-            )
+            out["amt_zscore_30d"][row] = 0.0 if std30 < ZSCORE_MIN_STD else (a[k] - mean30) / std30
 
-            out["secs_since_prev_txn"][row] = (
-                float(ts[k] - ts[k - 1]) if k > 0 else np.nan
-            )
+            out["secs_since_prev_txn"][row] = float(ts[k] - ts[k - 1]) if k > 0 else np.nan
             out["txn_count_lifetime"][row] = end
             out["amt_mean_lifetime"][row] = math.fsum(a[:end]) / end
 
     # Stateless features.
-    t_utc = pd.to_datetime(
-        df["trans_date_trans_time"], format="%Y-%m-%d %H:%M:%S", utc=True
-    )
+    t_utc = pd.to_datetime(df["trans_date_trans_time"], format="%Y-%m-%d %H:%M:%S", utc=True)
     out["amt"] = amt.copy()
     out["hour_of_day"] = t_utc.dt.hour.to_numpy(dtype=np.float64)
     dob = pd.to_datetime(df["dob"], format="%Y-%m-%d")
-    days = [
-        (ti.date() - di.date()).days for ti, di in zip(t_utc.tolist(), dob.tolist())
-    ]
+    days = [(ti.date() - di.date()).days for ti, di in zip(t_utc.tolist(), dob.tolist())]
     out["age_years"] = np.asarray(days, dtype=np.float64) / 365.25
     out["city_pop"] = df["city_pop"].to_numpy(dtype=np.float64)
     out["is_male"] = (df["gender"] == "M").to_numpy(dtype=np.float64)

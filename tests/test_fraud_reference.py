@@ -77,9 +77,7 @@ def test_replay_matches_reference(tmp_path: Path) -> None:
         "--features-out",
         str(out),
     ]
-    proc = subprocess.run(
-        cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
-    )
+    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (
         f"replay failed (rc={proc.returncode})\nstdout:\n{proc.stdout[-4000:]}"
         f"\nstderr:\n{proc.stderr[-4000:]}"
@@ -97,9 +95,7 @@ def test_replay_matches_reference(tmp_path: Path) -> None:
     assert set(got["event_id"]) == set(ref["event_id"])
 
     got = got.set_index("event_id").loc[ref["event_id"]].reset_index()
-    assert (
-        got["entity_id"].astype(str).to_numpy() == ref["entity_id"].to_numpy()
-    ).all(), (
+    assert (got["entity_id"].astype(str).to_numpy() == ref["entity_id"].to_numpy()).all(), (
         "entity_id differs from str(int(cc_num)) (note: two cards in the first "
         "20,000 rows are written with a leading zero in the CSV)"
     )
@@ -122,9 +118,7 @@ def test_replay_matches_reference(tmp_path: Path) -> None:
     for name, nbad, mrd, example in rows:
         print(f"{name:<24}{nbad:>11}{mrd:>15.3e}{example}")
 
-    assert total == 0, f"{total} feature mismatches: " + ", ".join(
-        f"{n}={k}" for n, k, _, _ in rows if k
-    )
+    assert total == 0, f"{total} feature mismatches: " + ", ".join(f"{n}={k}" for n, k, _, _ in rows if k)
     np.testing.assert_array_equal(
         got["label"].to_numpy(dtype=np.float64), ref["label"].to_numpy(dtype=np.float64)
     )
@@ -218,14 +212,10 @@ def test_reference_on_hand_made_csv(tmp_path: Path) -> None:
         abs=1e-15,
     )
     assert col("amt_max_30d") == [10.0, 20.0, 7.0, 30.0, 40.0, 50.0, 7.0]
-    assert col("amt_mean_lifetime") == pytest.approx(
-        [10, 15, 6, 20, 25, 30, 7], rel=1e-15
-    )
+    assert col("amt_mean_lifetime") == pytest.approx([10, 15, 6, 20, 25, 30, 7], rel=1e-15)
     assert col("hour_of_day") == [0.0, 0.0, 1.0, 6.0, 0.0, 1.0, 0.0]
     assert col("age_years")[0] == 7305 / 365.25 == 20.0
     assert col("age_years")[5] == pytest.approx(7307 / 365.25, rel=1e-15)
     assert col("is_male") == [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    assert col("dist_km_home_merchant") == pytest.approx(
-        [6371.0 * math.pi / 180.0] * 7, rel=1e-12
-    )
+    assert col("dist_km_home_merchant") == pytest.approx([6371.0 * math.pi / 180.0] * 7, rel=1e-12)
     assert col("label") == [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]

@@ -34,7 +34,14 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     spec = load_spec(SPEC)
     replay(SPEC, SAMPLE, features_out=d / "features.parquet", limit=N_ROWS)
     model = train_small_model(spec, d / "features.parquet", d / "model")
-    replay(SPEC, SAMPLE, features_out=d / "f2.parquet", limit=N_ROWS, model_dir=model, scores_out=d / "scores.parquet")
+    replay(
+        SPEC,
+        SAMPLE,
+        features_out=d / "f2.parquet",
+        limit=N_ROWS,
+        model_dir=model,
+        scores_out=d / "scores.parquet",
+    )
     return {"features": d / "f2.parquet", "scores": d / "scores.parquet", "model": model}
 
 
@@ -75,7 +82,9 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
 
     scores = [msgspec.json.decode(m.value, type=ScoreMessage) for m in messages]
     ids = [s.event_id for s in scores]
-    assert len(ids) == N_ROWS, f"{len(ids)} scores for {N_ROWS} events ({len(ids) - len(set(ids))} duplicates)"
+    assert len(ids) == N_ROWS, (
+        f"{len(ids)} scores for {N_ROWS} events ({len(ids) - len(set(ids))} duplicates)"
+    )
     assert len(set(ids)) == N_ROWS
 
     want = pq.read_table(replayed["scores"]).to_pandas().set_index("event_id")
@@ -100,5 +109,7 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
     assert view["lifetime_count"]["transactions"] == last["txn_count_lifetime"]
     assert view["features"]["amt_sum_24h"] == pytest.approx(last["amt_sum_24h"], abs=1e-12)
     assert isinstance(metrics, str) and "supernova_scores_out_total" in metrics
-    restored = next(line for line in metrics.splitlines() if line.startswith("supernova_records_restored_total"))
+    restored = next(
+        line for line in metrics.splitlines() if line.startswith("supernova_records_restored_total")
+    )
     assert float(restored.split()[1]) > 0, "the wiped worker did not restore from the changelog"

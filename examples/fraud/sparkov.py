@@ -7,7 +7,7 @@ card's first transaction and again whenever those fields change.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from entities.events import Event, EventCodec, EventError
@@ -27,6 +27,8 @@ PROFILE_FIELDS = (
     "dob",
 )
 TXN_FIELDS = ("merchant", "category", "amt", "merch_lat", "merch_long")
+LABELS = {"0": 0.0, "1": 1.0, 0: 0.0, 1: 1.0}
+MAX_CACHED_IDS = 1 << 20  # card number spellings remembered (bounds memory on huge inputs)
 
 
 class SparkovMapping:
@@ -39,8 +41,9 @@ class SparkovMapping:
     def __init__(self, codec: EventCodec) -> None:
         self.codec = codec
         self.profiles: dict[str, tuple[Any, ...]] = {}
+        self._entity_ids: dict[Any, str] = {}  # cc_num as written -> entity_id
 
-    def events(self, cols: dict[str, Sequence[Any]], i: int, ts: int) -> Iterator[Event]:
+    def events(self, cols: dict[str, Sequence[Any]], i: int, ts: int) -> tuple[Event, ...]:
         """The events of row ``i`` of a column batch (profile first, if it changed)."""
         try:
             entity_id = str(int(cols["cc_num"][i]))
@@ -56,8 +59,59 @@ class SparkovMapping:
             attrs = dict(zip(PROFILE_FIELDS, profile, strict=True))
             event = self.codec.build("profile", f"{event_id}:profile", entity_id, ts, attrs)
             self.profiles[entity_id] = profile
-            yield event
-        yield txn
+            return event, txn
+        return (txn,)
+
+    def map_rows(
+        self,
+        cols: dict[str, Sequence[Any]],
+        ts: Sequence[int],
+        out: list[Any],
+        reject: Callable[[int, EventError], None],
+    ) -> None:
+        """``events`` of every row, appended to ``out``; ``reject(i, error)`` for a bad row.
+
+        The same events and errors as calling ``events`` row by row, faster: the
+        transaction attrs of all rows are validated in one call, and only rows that
+        are not plainly valid take the row-by-row path.
+        """
+        txn_attrs = self.codec.attrs_batch(
+            "transaction", list(zip(*(cols[f] for f in TXN_FIELDS), strict=True))
+        )
+        if txn_attrs is None:  # some row is invalid: row by row, for its error
+            txn_attrs = [None] * len(ts)
+        profiles, entity_ids = self.profiles, self._entity_ids
+        if len(entity_ids) > MAX_CACHED_IDS:
+            entity_ids.clear()
+        append = out.append
+        rows = zip(
+            cols["cc_num"],
+            cols["trans_num"],
+            cols["is_fraud"],
+            ts,
+            txn_attrs,
+            zip(*(cols[f] for f in PROFILE_FIELDS), strict=True),
+            strict=True,
+        )
+        for i, (cc_num, event_id, is_fraud, t, attrs, profile) in enumerate(rows):
+            entity_id = entity_ids.get(cc_num)
+            label = LABELS.get(is_fraud)
+            if (
+                entity_id is None
+                or label is None
+                or attrs is None
+                or not event_id
+                or profiles.get(entity_id) != profile
+            ):
+                # Unseen spelling of a card number, a bad value or a profile change.
+                try:
+                    out.extend(self.events(cols, i, t))
+                except EventError as err:
+                    reject(i, err)
+                    continue
+                entity_ids[cc_num] = str(int(cc_num))
+                continue
+            append(Event(event_id, entity_id, "transaction", t, attrs, label))
 
 
 def _label(value: Any) -> float:

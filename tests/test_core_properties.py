@@ -1,0 +1,444 @@
+"""Property test: the incremental core equals a from-scratch recompute.
+
+Random event sequences (two entities, a scored repeated attribute and profile
+events) go through ``entities.engine.Engine`` in random batches; every batch's
+``BatchResult`` (rows, scored, rejected, duplicates, late flags, changed) and the
+record state afterwards are compared with ``tests/reference_core.py``, which
+recomputes every feature from plain lists with exact arithmetic.
+
+The sequences exercise retention (small ``max_count`` and ``max_age``),
+duplicate event ids (of retained, of dropped and of profile events), equal
+timestamps, late events within the allowed lateness, events beyond it (rejected,
+record unchanged, ``LateEventError`` from ``FeaturePlan.apply``), interleaved
+profile events and codec round trips of a record between batches (a restart:
+window state is rebuilt from the items).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_core import Outcome, Reference, WindowStats
+
+from entities.engine import Engine
+from entities.events import Event, EventCodec, LateEventError
+from entities.record import RecordCodec
+from entities.spec import (
+    Current,
+    Derived,
+    Fixed,
+    Lifetime,
+    Repeated,
+    Spec,
+    TimeSincePrevious,
+    Window,
+    count,
+    distinct,
+    max_,
+    mean,
+    min_,
+    same_as_current,
+    std,
+    sum_,
+    zscore,
+)
+
+REL_TOL = 1e-9
+ABS_FLOOR = 1e-12
+NAN = math.nan
+BASE_TS = 1_600_000_000_000
+B_CODES = {"p": 1.0, "q": 2.0, "r": 3.0}
+
+
+# --- the test spec -----------------------------------------------------------------
+
+
+def profile_a(event: Event, fixed: dict[str, Any]) -> float:
+    """Fixed attribute a times the current x (NaN before any profile sets a)."""
+    a = fixed.get("a")
+    return NAN if a is None else a * 2.0 + event.attrs.x
+
+
+def profile_b(event: Event, fixed: dict[str, Any]) -> float:
+    """Code of fixed attribute b (NaN before any profile sets b)."""
+    b = fixed.get("b")
+    return NAN if b is None else B_CODES[b]
+
+
+@dataclass(frozen=True)
+class Config:
+    lengths: tuple[int, ...]
+    filtered: tuple[int, ...]  # lengths that also get the same_as_current("k") windows
+    lateness: int
+    max_age: int
+    max_count: int
+
+
+CONFIGS = [
+    Config(lengths=(3, 7), filtered=(3, 7), lateness=5, max_age=12, max_count=4),
+    Config(lengths=(2, 5, 9), filtered=(2, 9), lateness=3, max_age=12, max_count=6),
+    Config(lengths=(4, 10), filtered=(10,), lateness=0, max_age=10, max_count=5),
+    Config(lengths=(5, 8, 20), filtered=(5, 20), lateness=10, max_age=30, max_count=1000),
+    Config(lengths=(3,), filtered=(3,), lateness=2, max_age=5, max_count=1),
+]
+
+AGGS = {
+    "count": count(),
+    "sum": sum_("x"),
+    "mean": mean("x"),
+    "std": std("x"),
+    "zscore": zscore("x"),
+    "min": min_("x"),
+    "max": max_("x"),
+    "distinct_k": distinct("k"),
+    "distinct_x": distinct("x"),
+}
+
+
+@functools.cache
+def make_spec(cfg: Config) -> Spec:
+    rep = "items"
+    features: list[Any] = [Current("x_now", "x"), Derived("profile_a", profile_a)]
+    for length in cfg.lengths:
+        for name, agg in AGGS.items():
+            features.append(Window(f"{name}_{length}", rep, length, agg))
+    for length in cfg.filtered:
+        for name, agg in AGGS.items():
+            features.append(Window(f"{name}_{length}_same_k", rep, length, agg, where=same_as_current("k")))
+    features += [
+        TimeSincePrevious("secs_since_prev", rep),
+        Lifetime("life_count", rep, count()),
+        Lifetime("life_sum", rep, sum_("x")),
+        Lifetime("life_mean", rep, mean("x")),
+        Lifetime("life_min", rep, min_("x")),
+        Lifetime("life_max", rep, max_("x")),
+        Derived("profile_b", profile_b),
+    ]
+    return Spec(
+        name="core-test",
+        entity="thing",
+        key="thing_id",
+        fixed=Fixed(event_type="profile", fields={"a": float, "b": str}),
+        repeated={
+            rep: Repeated(
+                event_type="txn",
+                fields={"k": str, "x": float},
+                max_age=cfg.max_age,
+                max_count=cfg.max_count,
+            )
+        },
+        score_on="txn",
+        allowed_lateness=cfg.lateness,
+        features=features,
+    )
+
+
+# --- event sequences ---------------------------------------------------------------
+
+# Multiples of 0.01 in mixed ranges: repeated equal values, ~1e6 next to tiny ones.
+SPECIAL_X = [
+    0.0,
+    0.01,
+    0.02,
+    0.1,
+    1.0,
+    2.5,
+    9.99,
+    10.0,
+    99.99,
+    123.45,
+    5000.0,
+    1e6,
+    1e6 + 0.01,
+    1e6 + 0.02,
+    999_999.99,
+    1_234_567.89,
+    2e6,
+    -0.01,
+    -1.0,
+    -1e6,
+]
+x_values = st.one_of(
+    st.sampled_from(SPECIAL_X),
+    # A cluster near 1e6: windows whose std is ~1e-8 of their mean.
+    st.integers(-3, 3).map(lambda i: (100_000_000 + i) / 100),
+    # Near 1e6 with offsets up to +-1000: std/mean from 1e-8 to 1e-3 (the range where
+    # a one-pass variance loses digits).
+    st.integers(-100_000, 100_000).map(lambda i: (100_000_000 + i) / 100),
+    st.integers(0, 100_000).map(lambda i: i / 100),
+    st.integers(-200_000_000, 200_000_000).map(lambda i: i / 100),
+)
+
+
+def ts_steps(cfg: Config) -> st.SearchStrategy[int]:
+    """Millisecond steps from the entity's newest accepted ts: ties, small steps, the
+    exact window / retention / lateness boundaries (and one off), jumps, and
+    backwards steps within and beyond the allowed lateness."""
+    forward = {cfg.max_age, *cfg.lengths, cfg.lateness}
+    forward |= {b + 1 for b in forward} | {b - 1 for b in forward if b > 0}
+    backward = {-1, -2, -cfg.lateness, -cfg.lateness - 1, *(-w for w in cfg.lengths if w <= cfg.lateness)}
+    return st.one_of(
+        st.sampled_from([0, 0, 0, 1, 1, 2, 3]),
+        st.sampled_from(sorted(forward)),
+        st.sampled_from(sorted(backward)),
+        st.integers(-cfg.lateness - 3, 40),
+    )
+
+
+@dataclass
+class Op:
+    kind: str  # "txn" | "profile" | "restart" | "flush"
+    entity: str = ""
+    step: int = 0
+    reuse: int | None = None  # index into earlier ids of the same kind, else a fresh id
+    attrs: dict[str, Any] | None = None
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Config, list[Op]]:
+    cfg = draw(st.sampled_from(CONFIGS))
+    steps = ts_steps(cfg)
+    # Some sequences are profile-heavy: enough profile ids to exercise the window of
+    # the last 16 that profile dedupe remembers.
+    kinds = ["txn"] * 10 + ["profile"] * draw(st.sampled_from([1, 1, 12])) + ["restart", "flush", "flush"]
+    out = []
+    n = draw(st.integers(1, 60))
+    for _ in range(n):
+        kind = draw(st.sampled_from(kinds))
+        entity = draw(st.sampled_from(["e1", "e1", "e1", "e2"]))
+        reuse = draw(st.one_of(st.none(), st.none(), st.none(), st.integers(0, 60)))
+        if kind == "txn":
+            attrs = {"k": draw(st.sampled_from("abc")), "x": draw(x_values)}
+            out.append(Op("txn", entity, draw(steps), reuse, attrs))
+        elif kind == "profile":
+            attrs = {}
+            if draw(st.booleans()):
+                attrs["a"] = draw(x_values)
+            if draw(st.booleans()):
+                attrs["b"] = draw(st.sampled_from(sorted(B_CODES)))
+            out.append(Op("profile", entity, draw(st.integers(-5, 5)), reuse, attrs))
+        else:
+            out.append(Op(kind, entity))
+    return cfg, out
+
+
+# --- known issues of the core (see the xfail tests at the end) ------------------------
+
+
+def _core_rows(xs: list[float], step: int = 0) -> list[dict[str, float]]:
+    """Feature rows of the core for one entity's in-order events with these x values."""
+    spec = make_spec(CONFIGS[3])
+    engine = Engine(spec)
+    codec = EventCodec(spec)
+    batch = [
+        codec.build("txn", f"p{i}", "probe", BASE_TS + i * step, {"k": "a", "x": x}) for i, x in enumerate(xs)
+    ]
+    return [dict(zip(spec.feature_names, row, strict=True)) for row in engine.process(batch).rows]
+
+
+# Constant window of a value whose n-fold sum is inexact: std must be exactly 0 and
+# zscore 0.0; the core gives std = 1 ulp of the value and zscore = -1.0.
+EQUAL_VALUES = [12_345_678.91] * 3
+# Cluster near 1e6 (std/mean ~ 1e-8): the exact zscore is 1.2247448713915892.
+CLUSTER = [1e6, 1e6 + 0.01, 1e6 + 0.02]
+CLUSTER_Z = 1.2247448713915892
+
+
+def _equal_values_std_bug() -> bool:
+    last = _core_rows(EQUAL_VALUES)[-1]
+    return last["std_5"] != 0.0 or last["zscore_5"] != 0.0
+
+
+def _zscore_rounding_issue() -> bool:
+    z = _core_rows(CLUSTER)[-1]["zscore_5"]
+    return abs(z - CLUSTER_Z) > REL_TOL * abs(CLUSTER_Z)
+
+
+# While these issues are present, the property test tolerates exactly their
+# signature (and nothing else); once fixed, it is strict again by itself.
+EQUAL_VALUES_STD_BUG = _equal_values_std_bug()
+ZSCORE_ROUNDING_ISSUE = _zscore_rounding_issue()
+ZSCORE_MEAN_ULPS = 8
+
+
+def slack_of(spec: Spec, stats: list[WindowStats | None]) -> list[float]:
+    """Extra absolute tolerance per feature for the known issues, 0.0 elsewhere."""
+    out = []
+    for f, ws in zip(spec.features, stats, strict=True):
+        slack = 0.0
+        if ws is not None:
+            assert isinstance(f, Window)
+            if EQUAL_VALUES_STD_BUG and ws.n > 1 and ws.std == 0.0:
+                slack = math.inf  # std of equal values: a few ulps; zscore: anything
+            elif ZSCORE_ROUNDING_ISSUE and f.agg.kind == "zscore" and ws.std >= 1e-9:
+                # x - mean with the mean rounded to a double: ulps of |mean| / std.
+                slack = ZSCORE_MEAN_ULPS * 2.0**-52 * max(abs(ws.mean), abs(ws.x)) / ws.std
+        out.append(slack)
+    return out
+
+
+# --- comparison --------------------------------------------------------------------
+
+
+def close(a: float, b: float, slack: float = 0.0) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= max(REL_TOL * max(abs(a), abs(b)), ABS_FLOOR) + slack
+
+
+def assert_rows_equal(
+    got: list[float], want: list[float], slack: list[float], names: list[str], where: str
+) -> None:
+    assert len(got) == len(want) == len(names), where
+    bad = [(n, g, w) for n, g, w, s in zip(names, got, want, slack, strict=True) if not close(g, w, s)]
+    assert not bad, f"{where}: features differ (name, core, reference): {bad}"
+
+
+def check_record(engine: Engine, ref: Reference, entity_id: str) -> None:
+    st_ = ref.entities.get(entity_id)
+    rec = engine.records.get(entity_id)
+    if st_ is None:
+        assert rec is None
+        return
+    assert rec is not None
+    names = ref.field_names
+    assert rec.items["items"] == [it.as_tuple(names) for it in st_.items], "retained items differ"
+    assert rec.ids["items"] == {it.event_id for it in st_.items}
+    assert rec.fixed == st_.fixed
+    assert rec.fixed_ids == st_.profile_ids[-16:]
+    assert rec.duplicates == st_.duplicates
+    if st_.newest is None:
+        assert "items" not in rec.last_ts
+    else:
+        assert rec.last_ts["items"] == st_.newest
+
+
+# --- the property ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_incremental_equals_from_scratch(scenario: tuple[Config, list[Op]]) -> None:
+    cfg, seq = scenario
+    spec = make_spec(cfg)
+    engine = Engine(spec)
+    plan = engine.plan
+    codec = RecordCodec(spec)
+    events = EventCodec(spec)
+    ref = Reference(spec)
+    names = spec.feature_names
+
+    used: dict[tuple[str, str], list[str]] = {}
+    fresh = 0
+    # Events of the current batch with what the reference made of them (it is applied
+    # when the event is generated, so that ts steps are relative to the true newest).
+    pending: list[tuple[Event, Outcome]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        rows = [(ev, out) for ev, out in pending if out.kind == "row"]
+        rejected = [ev for ev, out in pending if out.kind == "late"]
+        dups = sum(out.kind == "duplicate" for _, out in pending)
+        for label, hit in (
+            ("late accepted", any(out.was_late for _, out in rows)),
+            ("late rejected", bool(rejected)),
+            ("duplicate", dups > 0),
+            ("retention dropped items", any(len(e.lifetime) > len(e.items) for e in ref.entities.values())),
+        ):
+            if hit:
+                event(label)
+
+        got = engine.process([ev for ev, _ in pending])
+
+        assert [e.event_id for e in got.scored] == [ev.event_id for ev, _ in rows]
+        for (ev, out), got_row in zip(rows, got.rows, strict=True):
+            assert out.row is not None and out.stats is not None
+            assert_rows_equal(got_row, out.row, slack_of(spec, out.stats), names, f"event {ev.event_id}")
+        assert got.late == [out.was_late for _, out in rows]
+        assert [e for e, _ in got.rejected] == rejected
+        for _, err in got.rejected:
+            assert isinstance(err, LateEventError) and err.field == "ts"
+        assert got.duplicates == dups
+        assert got.changed == {ev.entity_id for ev, out in pending if out.kind != "late"}
+        for entity in ("e1", "e2"):
+            check_record(engine, ref, entity)
+        # A rejected event is rejected by the plan itself too, and changes nothing.
+        for ev in rejected:
+            if any(it.event_id == ev.event_id for it in ref.entities[ev.entity_id].items):
+                continue  # a duplicate by now
+            rec = engine.records[ev.entity_id]
+            before = codec.encode(rec)
+            before_items = list(rec.items["items"])
+            with pytest.raises(LateEventError):
+                plan.apply(rec, ev)
+            assert codec.encode(rec) == before
+            assert all(a is b for a, b in zip(rec.items["items"], before_items, strict=True))
+        pending.clear()
+
+    for op in seq:
+        if op.kind == "flush":
+            flush()
+            continue
+        if op.kind == "restart":  # the record goes through the store and back
+            flush()
+            rec = engine.records.get(op.entity)
+            if rec is not None:
+                event("codec round trip")
+                data = codec.encode(rec)
+                engine.records[op.entity] = loaded = codec.decode(data)
+                assert codec.encode(loaded) == data
+                check_record(engine, ref, op.entity)
+            continue
+        ids = used.setdefault((op.entity, op.kind), [])
+        if op.reuse is not None and ids:
+            eid = ids[op.reuse % len(ids)]
+        else:
+            fresh += 1
+            eid = f"{op.kind}-{fresh}"
+            ids.append(eid)
+        newest = ref.entity(op.entity).newest
+        ts = (BASE_TS if newest is None else newest) + op.step
+        assert op.attrs is not None
+        ev = events.build(op.kind, eid, op.entity, ts, dict(op.attrs))
+        pending.append((ev, ref.apply(op.entity, op.kind, eid, ts, dict(op.attrs), ev)))
+    flush()
+
+
+# --- known issues, pinned ------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: std of a window of equal values is 1 ulp of the value, not 0 "
+    "(aggregators.exact_std takes the mean as fsum(xs)/n, rounded, so x - mean != 0); for "
+    "values >= ~1e7 that std exceeds ZSCORE_MIN_STD and zscore of a constant series is "
+    "+-1.0 instead of 0.0",
+)
+def test_equal_values_have_zero_std_and_zscore() -> None:
+    for n in (2, 3, 6):
+        for v in (12_345_678.91, 1_000_000.01, 0.7):
+            last = _core_rows([v] * n)[-1]
+            assert last["std_5"] == 0.0, (v, n, last["std_5"])
+            assert last["zscore_5"] == 0.0, (v, n, last["zscore_5"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core precision: zscore takes x - mean with the mean rounded to a double, so "
+    "when std/|mean| ~ 1e-8 (values clustered near 1e6) z is off by ~1e-8 relative, "
+    "beyond the 1e-9 tolerance; std, mean and sum are exact enough",
+)
+def test_zscore_of_a_tight_cluster_of_large_values() -> None:
+    z = _core_rows(CLUSTER)[-1]["zscore_5"]
+    assert close(z, CLUSTER_Z), (z, CLUSTER_Z)
