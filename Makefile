@@ -7,7 +7,7 @@ INPUT   ?= $(if $(wildcard $(DATA)/fraudTest.csv.gz),$(DATA)/fraudTest.csv.gz,ex
 SPEC    := examples/fraud/spec.py
 OUT     ?= out
 
-.PHONY: venv test demo replay lint fmt bench kafka-up kafka-down clean
+.PHONY: venv test demo replay lint fmt bench bench-replay bench-smoke kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
+	$(PY) scripts/demo.py --input $(INPUT)
+
+replay: $(STAMP)
 	$(VENV)/bin/supernova replay --spec $(SPEC) --input $(INPUT) --features-out $(OUT)/features.parquet
 
 lint: $(STAMP)
@@ -33,7 +36,13 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
+	$(PY) -m bench --input $(INPUT)
+
+bench-replay: $(STAMP)
 	$(PY) bench/replay.py --input $(INPUT)
+
+bench-smoke: $(STAMP)
+	$(PY) -m bench --smoke
 
 kafka-up:
 	scripts/kafka start

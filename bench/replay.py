@@ -1,0 +1,122 @@
+"""Replay throughput: events/s of a full replay, peak memory, and where the time goes.
+
+    .venv/bin/python bench/replay.py --input ../shared/data/fraudTest.csv.gz [--limit N] [--stages]
+
+The first row is the real thing: ``streams.replay.replay`` writing the features to a
+temporary Parquet file, timed wall-clock and in process CPU time (the machine may be
+shared; CPU time is what one core spends). Peak RSS is ``ru_maxrss`` after it. With
+``--stages`` (CSV input) the input is replayed three more times, each pass stopping one step
+earlier, and the differences give the cost per event of each step:
+
+    read    CSV blocks -> Python columns (decompress, parse, ts, to_pylist)
+    map     rows -> validated events (the spec module's csv_mapping)
+    apply   Engine.process: records, windows, features
+    output  feature matrix, output columns, Parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from entities.engine import Engine
+from entities.events import EventCodec
+from entities.spec import load_spec_module
+from streams.replay import BATCH, _gc_tuned, replay
+from streams.sources import Block, Rejected, read_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "fraudTest.csv.gz"
+DEFAULT_SPEC = ROOT / "examples" / "fraud" / "spec.py"
+
+
+def _timed(run: Callable[[], int]) -> tuple[int, float, float]:
+    """(events, wall s, CPU s) of one call, with the garbage collector tuned as replay does."""
+    with _gc_tuned():
+        wall, cpu = time.perf_counter(), time.process_time()
+        events = run()
+        return events, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _replay(spec: Path, path: Path, limit: int | None) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = replay(spec, path, features_out=Path(tmp) / "features.parquet", limit=limit)
+    return summary.events
+
+
+def _blocks(spec: Path, path: Path, limit: int | None, map_rows: bool) -> Iterator[Block]:
+    module = load_spec_module(spec)
+    if not map_rows:  # the same reading, with a mapping that makes no events
+        base = module.csv_mapping
+
+        class Unmapped(base):  # type: ignore[misc,valid-type]
+            def map_rows(self, *args: Any) -> None:
+                pass
+
+        module = SimpleNamespace(spec=module.spec, csv_mapping=Unmapped)
+    yield from read_blocks(path, EventCodec(module.spec), module, limit)  # type: ignore[arg-type]
+
+
+def _read(spec: Path, path: Path, limit: int | None) -> int:
+    for _ in _blocks(spec, path, limit, map_rows=False):
+        pass
+    return 0  # no events made
+
+
+def _map(spec: Path, path: Path, limit: int | None) -> int:
+    return sum(len(b.items) - b.rejected for b in _blocks(spec, path, limit, map_rows=True))
+
+
+def _apply(spec: Path, path: Path, limit: int | None) -> int:
+    engine = Engine(load_spec_module(spec).spec)
+    n = 0
+    for block in _blocks(spec, path, limit, map_rows=True):
+        events = [e for e in block.items if not isinstance(e, Rejected)] if block.rejected else block.items
+        for start in range(0, len(events), BATCH):
+            batch = events[start : start + BATCH]
+            engine.process(batch)
+            n += len(batch)
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CSV(.gz) or JSON lines(.gz)")
+    parser.add_argument("--limit", type=int, help="read only the first N input rows")
+    parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="feature spec module")
+    parser.add_argument("--stages", action="store_true", help="also time each step (3 more passes)")
+    args = parser.parse_args(argv)
+    if not args.input.exists():
+        parser.error(f"no such input: {args.input} (try examples/fraud/sample.csv.gz)")
+
+    events, wall, cpu = _timed(lambda: _replay(args.spec, args.input, args.limit))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"input    {args.input} ({events:,} events)")
+    print(f"{'':10}{'wall s':>9}{'events/s':>11}{'CPU s':>9}{'events/CPU s':>14}")
+    print(f"{'replay':10}{wall:9.2f}{events / wall:11,.0f}{cpu:9.2f}{events / cpu:14,.0f}")
+    print(f"peak RSS {peak_mib:,.0f} MiB")
+    if not args.stages:
+        return 0
+
+    passes = {"read": _read, "map": _map, "apply": _apply}
+    times = {name: _timed(lambda f=f: f(args.spec, args.input, args.limit))[1:] for name, f in passes.items()}
+    times["output"] = (wall, cpu)
+    print(f"\n{'step':10}{'µs/event wall':>15}{'µs/event CPU':>14}")
+    prev = (0.0, 0.0)
+    for name, (w, c) in times.items():
+        print(f"{name:10}{(w - prev[0]) / events * 1e6:15.2f}{(c - prev[1]) / events * 1e6:14.2f}")
+        prev = (w, c)
+    print(f"{'total':10}{wall / events * 1e6:15.2f}{cpu / events * 1e6:14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

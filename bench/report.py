@@ -1,0 +1,216 @@
+"""The benchmark's outputs: one rich table, ``latest.json`` and a PNG bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROWS = (
+    ("raw", "raw ceiling (aiokafka passthrough)"),
+    ("naive_faust", "naive faust agent (per event)"),
+    ("naive_faust_tuned", "naive faust, 16 MB fetch"),
+    ("worker", "supernova worker"),
+    ("replay", "supernova replay (features)"),
+    ("replay_model", "supernova replay (features + scores)"),
+)
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if not value or not base:
+        return "-"
+    r = value / base
+    return f"{r:.2f}×" if r < 10 else f"{r:.1f}×"
+
+
+def _num(value: Any, fmt: str = "{:,.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four targets, measured; ``ok`` is None where a number is missing."""
+    runs = results.get("runs", {})
+    raw = runs.get("raw", {}).get("events_per_s")
+    naive = runs.get("naive_faust", {}).get("events_per_s")
+    worker = runs.get("worker", {}).get("events_per_s")
+    rss = runs.get("worker", {}).get("rss_mb_at", {})
+    lat = results.get("latency") or {}
+    replay = runs.get("replay", {}).get("events_per_s")
+
+    def check(name: str, measured: str, ok: bool | None) -> dict[str, Any]:
+        return {"target": name, "measured": measured, "ok": ok}
+
+    out = [
+        check(
+            "worker ≥ 10× naive faust",
+            _ratio(worker, naive),
+            None if not (worker and naive) else worker >= 10 * naive,
+        ),
+        check(
+            "worker ≥ 60% of raw ceiling",
+            "-" if not (worker and raw) else f"{100 * worker / raw:.0f}%",
+            None if not (worker and raw) else worker >= 0.6 * raw,
+        ),
+        check(
+            "p99 ≤ 25 ms at 50% load",
+            _num(lat.get("p99_ms"), "{:.0f} ms"),
+            None if lat.get("p99_ms") is None else lat["p99_ms"] <= 25,
+        ),
+        check("replay ≥ 50k events/s", _num(replay), None if replay is None else replay >= 50_000),
+    ]
+    events = runs.get("worker", {}).get("events", 0)
+    half, full = str(round(events / 2)), str(events)
+    if half in rss and full in rss:
+        (a_n, a), (b_n, b) = (int(half), rss[half]), (int(full), rss[full])
+        out.append(
+            check(
+                f"worker RSS flat ±10% ({a_n:,} → {b_n:,} events)",
+                f"{a:.0f} → {b:.0f} MB ({100 * (b - a) / a:+.1f}%)",
+                abs(b - a) <= 0.1 * a,
+            )
+        )
+    return out
+
+
+def print_table(results: dict[str, Any], console: Console | None = None) -> None:
+    """The results as rich tables on the terminal."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: don't wrap the tables at 80 columns
+            console = Console(width=170)
+    runs = results.get("runs", {})
+    raw = runs.get("raw", {}).get("events_per_s")
+    naive = runs.get("naive_faust", {}).get("events_per_s")
+    cfg = results.get("config", {})
+    table = Table(
+        title=("SMOKE (correctness only, rates meaningless) " if cfg.get("smoke") else "")
+        + f"Supernova bench: {cfg.get('events', 0):,} Sparkov events, {cfg.get('partitions')} partitions, "
+        f"{cfg.get('trees')}-tree LightGBM ({results.get('date', '')})"
+    )
+    for col in (
+        "system",
+        "events/s",
+        "vs raw",
+        "vs naive",
+        "CPU s",
+        "CPU µs/event",
+        "peak RSS",
+        "RSS by events",
+    ):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for key, label in ROWS:
+        r = runs.get(key)
+        if r is None:
+            continue
+        rate = r.get("events_per_s")
+        rss_at = r.get("rss_mb_at") or {}
+        table.add_row(
+            label,
+            _num(rate),
+            _ratio(rate, raw),
+            _ratio(rate, naive),
+            _num(r.get("cpu_s"), "{:.1f}"),
+            _num(r.get("cpu_us_per_event"), "{:.1f}"),
+            _num(r.get("peak_rss_mb"), "{:.0f} MB"),
+            ", ".join(
+                f"{int(k):,}: {v:.0f} MB" for k, v in sorted(rss_at.items(), key=lambda kv: int(kv[0]))
+            ),
+        )
+    console.print(table)
+    lat = results.get("latency")
+    if lat:
+        t = Table(title="Latency: score LogAppendTime − event CreateTime, worker at steady load")
+        cols = (
+            "rate (target / achieved)",
+            "events",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+            "until scored p50/p99",
+            "publish p50/p99",
+            "worker CPU",
+        )
+        for col in cols:
+            t.add_column(col, justify="right")
+        t.add_row(
+            f"{lat['target_rate']:,.0f} / {lat['achieved_rate']:,.0f} ev/s for {lat['seconds']:.0f} s",
+            f"{lat['events']:,}",
+            *(f"{lat[k]:.0f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+            f"{lat['to_scored_p50_ms']:.0f} / {lat['to_scored_p99_ms']:.0f} ms",
+            f"{lat['publish_p50_ms']:.0f} / {lat['publish_p99_ms']:.0f} ms",
+            f"{lat['worker_cpu_percent']:.0f}% of a core",
+        )
+        console.print(t)
+    t = Table(title="Targets")
+    for col in ("target", "measured", "met"):
+        t.add_column(col)
+    for row in results.get("targets", []):
+        ok = row["ok"]
+        t.add_row(row["target"], row["measured"], "-" if ok is None else ("yes" if ok else "[bold red]no"))
+    console.print(t)
+    for line in results.get("checks", {}).get("lines", []):
+        console.print(line)
+    load = results.get("machine", {}).get("loadavg_at_start")
+    if load and load[0] > 0.5 * (results.get("machine", {}).get("nproc") or 1):
+        console.print(
+            f"note: load average {load[0]:.1f} at the start on {results['machine']['nproc']} cores: other "
+            "processes shared the machine, so events/s are lower bounds; CPU µs/event is the steadier number"
+        )
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """``latest.json`` (written whole, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of events/s per system (log scale) and the latency percentiles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results.get("runs", {})
+    bars = [
+        (label.split(" (")[0] if "replay" not in key else label, runs[key]["events_per_s"])
+        for key, label in ROWS
+        if key in runs and runs[key].get("events_per_s")
+    ]
+    lat = results.get("latency")
+    fig, axes = plt.subplots(
+        1,
+        2 if lat else 1,
+        figsize=(13 if lat else 8, 5),
+        gridspec_kw={"width_ratios": [3, 1]} if lat else None,
+    )
+    ax = axes[0] if lat else axes
+    names, values = zip(*bars, strict=True) if bars else ((), ())
+    colors = ["#888888" if "raw" in n else "#d9822b" if "faust" in n else "#2b6cd9" for n in names]
+    ax.bar(range(len(values)), values, color=colors)
+    ax.set_xticks(range(len(values)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("events/s (log scale)")
+    for i, v in enumerate(values):
+        ax.text(i, v * 1.08, f"{v:,.0f}", ha="center", fontsize=8)
+    cfg = results.get("config", {})
+    ax.set_title(f"{cfg.get('events', 0):,} events, {results.get('machine', {}).get('nproc')} cores")
+    if lat:
+        ax2 = axes[1]
+        keys = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+        ax2.bar(range(4), [lat[k] for k in keys], color="#2b6cd9")
+        ax2.set_xticks(range(4), ["p50", "p95", "p99", "max"])
+        ax2.axhline(25, color="red", linestyle="--", linewidth=1, label="p99 target 25 ms")
+        ax2.set_ylabel("ms")
+        ax2.set_title(f"latency at {lat['achieved_rate']:,.0f} ev/s")
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,510 @@
+"""The benchmark: raw ceiling, naive faust, supernova worker, latency, replay.
+
+One broker (started here on free ports with a temporary data directory, or an
+existing one with ``--bootstrap``), one input topic preloaded once with the first
+N events of the Sparkov test file, then one system after the other, each reading
+that topic with a fresh consumer group into its own LogAppendTime output topic:
+
+1. raw ceiling: ``bench/raw_passthrough.py``, aiokafka consume -> produce, bytes unchanged;
+2. naive faust: ``bench/naive_faust.py``, the per-event agent a typical user writes;
+3. supernova worker: ``supernova worker`` with a 200-tree model;
+4. latency: the same worker, fed at 50% of its measured rate;
+5. replay: ``supernova replay`` over the whole file (no broker involved).
+
+The input topic has 4 partitions: the worker's default (``WorkerConfig.partitions``),
+so its scores co-partition with the events, and room for four worker processes;
+on two cores one process takes all four. More partitions would only split each
+poll into smaller per-partition batches (one predict, one RocksDB write and one
+commit each).
+
+    python -m bench                  # default: 200,000 events, writes bench/results/
+    python -m bench --smoke          # 2,000 events: correctness of every system only
+    python -m bench --bootstrap 127.0.0.1:9092 --events 50000 --only worker,latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: python bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgspec
+
+from bench import report
+from bench.harness import REPO, Child, Run, create_topics, measure, python
+from bench.latency import continuation, measure_latency
+from bench.model import model_artifact
+from bench.procstat import machine
+from entities.events import Event
+from streams.produce import file_events, produce
+from streams.sources import Rejected
+
+log = logging.getLogger("bench")
+SPEC = REPO / "examples" / "fraud" / "spec.py"
+SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
+DATA = REPO.parent / "shared" / "data"
+PHASES = ("raw", "naive", "worker", "latency", "replay")
+SMOKE_EVENTS = 2_000
+SMOKE_LATENCY_S = 3.0
+SMOKE_MAX_RATE = 500.0
+TREES = 200
+SCORE_TOLERANCE = 1e-6
+
+
+class _Score(msgspec.Struct):
+    event_id: str
+    score: float
+
+
+_decode_score = msgspec.json.Decoder(_Score).decode
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, help="events to preload (default 200,000; smoke 2,000)")
+    p.add_argument("--smoke", action="store_true", help="few events, short latency phase: correctness only")
+    p.add_argument("--bootstrap", help="use this broker instead of starting one")
+    p.add_argument("--input", type=Path, help="Sparkov CSV (default: ../shared/data/fraudTest.csv.gz)")
+    p.add_argument("--train", type=Path, help="file to train the model on (default: fraudTrain)")
+    p.add_argument("--train-rows", type=int, default=300_000)
+    p.add_argument("--model", type=Path, help="use this model artifact instead of training one")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--latency-seconds", type=float, help="length of the latency phase (default 60)")
+    p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
+    p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--naive-tuned", action="store_true", help="also run naive faust with a 16 MB fetch size")
+    p.add_argument(
+        "--naive-max-seconds",
+        type=float,
+        default=300.0,
+        help="stop the naive faust run this long after its first score (0: no cap; smoke: none)",
+    )
+    p.add_argument("--replay-model", action="store_true", help="also replay with the model (scores)")
+    p.add_argument("--profile", type=Path, help="run the worker under cProfile, stats to this file")
+    p.add_argument("--timing", type=Path, help="time the worker's batch steps, JSON to this file")
+    p.add_argument(
+        "--worker-experiment", default="", help="trial changes (bench/worker_entry.py EXPERIMENTS)"
+    )
+    p.add_argument("--worker-args", default="", help="extra `supernova worker` options, e.g. '--no-features'")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="latest.json/png go here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, state) for a look")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    args.phases = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    if "latency" in args.phases and "worker" not in args.phases:
+        p.error("the latency phase needs the worker phase")
+    args.events = args.events or (SMOKE_EVENTS if args.smoke else 200_000)
+    if args.smoke or not args.naive_max_seconds:
+        args.naive_max_seconds = None
+    if args.latency_seconds is None:
+        args.latency_seconds = SMOKE_LATENCY_S if args.smoke else 60.0
+    default_input = DATA / "fraudTest.csv.gz"
+    args.input = args.input or (default_input if default_input.is_file() else SAMPLE)
+    default_train = DATA / "fraudTrain.csv.gz"
+    if args.train is None:
+        args.train = SAMPLE if args.smoke or not default_train.is_file() else default_train
+    if args.train == SAMPLE:
+        args.train_rows = min(args.train_rows, 20_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every system scored every event (targets don't change it)."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="supernova-bench-"))
+    try:
+        with _broker(args.bootstrap, work) as bootstrap:
+            results = asyncio.run(run_all(args, bootstrap, work))
+    finally:
+        if args.keep:
+            log.info("work directory kept: %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["total_s"] = round(time.monotonic() - started, 1)
+    results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["targets"] = report.targets(results)
+    report.write_json(results, args.out / "latest.json")
+    report.write_chart(results, args.out / "latest.png")
+    report.print_table(results)
+    log.info(
+        "wrote %s and %s in %.0f s", args.out / "latest.json", args.out / "latest.png", results["total_s"]
+    )
+    return 0 if results["checks"]["ok"] else 1
+
+
+@contextlib.contextmanager
+def _broker(bootstrap: str | None, work: Path) -> Iterator[str]:
+    """An existing broker, or one of our own that is stopped whatever happens."""
+    if bootstrap:
+        yield bootstrap
+        return
+    try:
+        from tests.kafka_broker import KafkaBroker
+    except ImportError:
+        sys.path.insert(0, str(REPO / "tests"))
+        from kafka_broker import KafkaBroker  # type: ignore[no-redef]
+    broker = KafkaBroker(work / "kafka")
+    log.info("starting a Kafka broker on %s", broker.bootstrap)
+    try:
+        broker.start()
+        yield broker.bootstrap
+    finally:
+        log.info("stopping the Kafka broker")
+        broker.stop()
+
+
+async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[str, Any]:
+    """Every phase, in order; the result document."""
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {
+            "events": args.events,
+            "input": str(args.input),
+            "partitions": args.partitions,
+            "trees": TREES,
+            "smoke": args.smoke,
+            "latency_seconds": args.latency_seconds,
+            "latency_load": args.latency_load,
+            "phases": args.phases,
+            "worker_args": args.worker_args,
+            "worker_experiment": args.worker_experiment,
+            "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
+            "naive_max_seconds": args.naive_max_seconds,
+        },
+        "method": {
+            "events_per_s": "input events / s between the first and the last output LogAppendTime "
+            "(start-up and the first batch before the first output are excluded)",
+            "cpu": "user+system of the process from /proc/<pid>/stat; µs/event between first and last output",
+            "rss": "VmRSS / VmHWM from /proc/<pid>/status when the outputs reached the given event counts",
+            "latency": "score LogAppendTime - event CreateTime (stamped by the producer at append)",
+        },
+        "runs": {},
+    }
+    model = args.model or model_artifact(SPEC, args.train, args.train_rows, TREES)
+    results["config"]["model"] = str(model)
+
+    t = time.monotonic()
+    codec, base = _read_events(args)
+    n = min(args.events, len(base))
+    preload = base[:n]
+    txn_ids = {e.event_id for e in preload if e.type == "transaction"}
+    log.info(
+        "read %s events in %.1f s; preloading %s (%s transactions)",
+        f"{len(base):,}",
+        time.monotonic() - t,
+        f"{n:,}",
+        f"{len(txn_ids):,}",
+    )
+    results["config"]["events"] = n
+
+    run_id = f"bench-{uuid.uuid4().hex[:8]}"
+    topic = f"{run_id}.events"
+    out = {k: f"{run_id}.{k}.out" for k in ("raw", "naive", "naive_tuned", "worker")}
+    await create_topics(bootstrap, [topic], args.partitions)
+    await create_topics(bootstrap, out.values(), args.partitions, log_append_time=True)
+    t = time.monotonic()
+    sent = await produce(bootstrap, topic, codec, iter(preload), partitions=args.partitions)
+    seconds = time.monotonic() - t
+    results["preload"] = {"events": sent, "seconds": round(seconds, 2), "events_per_s": round(sent / seconds)}
+    log.info("preloaded %s events into %s in %.1f s", f"{sent:,}", topic, seconds)
+
+    runs: dict[str, Run] = {}
+    common = {"bootstrap": bootstrap, "partitions": args.partitions, "events": n}
+    if "raw" in args.phases:
+        child = Child(
+            "raw",
+            python(
+                "-m",
+                "bench.raw_passthrough",
+                "--bootstrap",
+                bootstrap,
+                "--input",
+                topic,
+                "--output",
+                out["raw"],
+                "--group",
+                f"{run_id}-raw",
+            ),
+            work / "raw.log",
+        )
+        runs["raw"] = await _one(child, out["raw"], expected=n, **common)
+    if "naive" in args.phases:
+        variants: list[tuple[str, list[str]]] = [("naive_faust", [])]
+        if args.naive_tuned:
+            variants.append(("naive_faust_tuned", ["--tuned"]))
+        for key, extra in variants:
+            name = "naive_tuned" if extra else "naive"
+            child = Child(
+                key,
+                python(
+                    "-m",
+                    "bench.naive_faust",
+                    "--bootstrap",
+                    bootstrap,
+                    "--input",
+                    topic,
+                    "--output",
+                    out[name],
+                    "--model",
+                    str(model),
+                    "--app-id",
+                    f"{run_id}-{name}",
+                    "--data-dir",
+                    str(work / name),
+                    "--partitions",
+                    str(args.partitions),
+                    *extra,
+                ),
+                work / f"{name}.log",
+            )
+            runs[key] = await _one(
+                child,
+                out[name],
+                expected=len(txn_ids),
+                decode=_decode_score,
+                max_seconds=args.naive_max_seconds,
+                **common,
+            )
+    if "worker" in args.phases:
+        worker_args = [
+            "worker", "--spec", str(SPEC), "--model", str(model), "--bootstrap", bootstrap,
+            "--data-dir", str(work / "worker"), "--app-id", f"{run_id}-sn",
+            "--partitions", str(args.partitions),
+            "--events-topic", topic, "--scores-topic", out["worker"], "--dlq-topic", f"{run_id}.dlq",
+            "--http-port", str(_free_port()),
+        ]  # fmt: skip
+        profile = ["--profile", str(args.profile.resolve())] if args.profile else []
+        if args.timing:
+            profile += ["--timing", str(args.timing.resolve())]
+        if args.worker_experiment:
+            profile += ["--experiment", args.worker_experiment]
+        worker_args += args.worker_args.split()
+        cmd = python("-m", "bench.worker_entry", *profile, "--", *worker_args)
+        child = Child("worker", cmd, work / "worker.log")
+        try:
+            runs["worker"] = await _one(
+                child,
+                out["worker"],
+                expected=len(txn_ids),
+                decode=_decode_score,
+                stop=False,
+                marks=(0.1, 0.25, 0.5, 0.75, 1.0),
+                **common,
+            )
+            if "latency" in args.phases:
+                if args.timing:  # the worker's step timers: a file per phase
+                    args.timing.with_name(args.timing.name + ".mark").write_text("throughput")
+                rate = args.latency_load * runs["worker"].events_per_s
+                if args.smoke:
+                    rate = min(rate, SMOKE_MAX_RATE)
+                events = list(islice(continuation(base, n), max(1, int(rate * args.latency_seconds))))
+                log.info(
+                    "latency: %s events at %.0f events/s into the running worker", f"{len(events):,}", rate
+                )
+                lat = await measure_latency(
+                    bootstrap, topic, out["worker"], args.partitions, codec, events, rate, child.pid
+                )
+                results["latency"] = lat.__dict__
+                log.info("latency: p50 %.0f ms, p99 %.0f ms", lat.p50_ms, lat.p99_ms)
+        finally:
+            child.stop()
+    for key, r in runs.items():
+        results["runs"][key] = r.summary()
+    if "replay" in args.phases:
+        results["runs"].update(_replay(args, model, work))
+    results["checks"] = _checks(runs, n, txn_ids, results)
+    return results
+
+
+async def _one(child: Child, out_topic: str, stop: bool = True, **kw: Any) -> Run:
+    log.info("%s: running", child.name)
+    try:
+        run = await measure(child, out_topic=out_topic, **kw)
+    except BaseException:
+        child.stop(timeout=10)
+        raise
+    if stop:
+        child.stop()
+    log.info(
+        "%s: %s events/s (%s outputs in %.1f s), %.1f CPU µs/event, peak RSS %.0f MB",
+        child.name,
+        f"{run.events_per_s:,.0f}",
+        f"{run.outputs:,}",
+        run.span_s,
+        run.cpu_us_per_event,
+        run.peak_rss_mb,
+    )
+    return run
+
+
+def _read_events(args: argparse.Namespace) -> tuple[Any, list[Event]]:
+    """Events of the input file in arrival order (the whole file; in smoke mode just enough)."""
+    limit = None
+    if args.smoke:
+        limit = args.events + int(SMOKE_MAX_RATE * args.latency_seconds) + 100
+    codec, items = file_events(SPEC, args.input, limit)
+    events = [e for e in items if not isinstance(e, Rejected)]
+    return codec, events
+
+
+def _replay(args: argparse.Namespace, model: Path, work: Path) -> dict[str, dict[str, Any]]:
+    """Replay over the input file: features only (as ``make demo``); optionally also with scores."""
+    limit = args.events if args.smoke else None
+    out = {"replay": _replay_module(args.input, limit) or _replay_cli(_replay_args(args, work, limit))}
+    if args.replay_model:
+        extra = ["--model", str(model), "--scores-out", str(work / "s.parquet")]
+        out["replay_model"] = _replay_cli(_replay_args(args, work, limit) + extra)
+    return out
+
+
+def _replay_args(args: argparse.Namespace, work: Path, limit: int | None) -> list[str]:
+    rows = ["--limit", str(limit)] if limit else []
+    return ["--input", str(args.input), "--features-out", str(work / f"f-{time.time_ns()}.parquet"), *rows]
+
+
+_REPLAY_MODULE = """
+import json, sys
+from pathlib import Path
+from bench.replay import _replay, _timed
+limit = int(sys.argv[3]) or None
+events, wall, cpu = _timed(lambda: _replay(Path(sys.argv[1]), Path(sys.argv[2]), limit))
+print(json.dumps({"events": events, "seconds": wall, "cpu_s": cpu}))
+"""
+
+
+def _replay_module(input_path: Path, limit: int | None) -> dict[str, Any] | None:
+    """bench/replay.py's timing of ``streams.replay.replay`` (wall and CPU), in a fresh process.
+
+    That module is maintained separately and its helpers are private: when they are
+    missing or fail, the caller falls back to the ``supernova replay`` command line.
+    """
+    if not (REPO / "bench" / "replay.py").is_file():
+        return None
+    cmd = python("-c", _REPLAY_MODULE, str(SPEC), str(input_path), str(limit or 0))
+    log.info("replay: bench/replay.py timing of streams.replay.replay over %s", input_path)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    try:
+        got = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        log.warning("bench/replay.py could not be used (%s); running the replay CLI", done.stderr[-500:])
+        return None
+    return {
+        "events": got["events"],
+        "seconds": round(got["seconds"], 2),
+        "events_per_s": round(got["events"] / got["seconds"], 1),
+        "cpu_s": round(got["cpu_s"], 2),
+        "cpu_us_per_event": round(got["cpu_s"] / got["events"] * 1e6, 2),
+        "via": "bench/replay.py (_timed(_replay)): streams.replay.replay writing features to Parquet",
+    }
+
+
+def _replay_cli(extra: list[str]) -> dict[str, Any]:
+    cmd = python("-m", "streams.cli", "replay", "--spec", str(SPEC), *extra)
+    log.info("replay: %s", " ".join(cmd[3:]))
+    t = time.monotonic()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - t
+    m = re.search(r"replayed ([\d,]+) events .*?([\d.]+) s, ([\d,]+) events/s", done.stdout)
+    if done.returncode != 0 or m is None:
+        raise RuntimeError(f"replay failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return {
+        "events": int(m.group(1).replace(",", "")),
+        "seconds": float(m.group(2)),
+        "events_per_s": float(m.group(3).replace(",", "")),
+        "wall_s": round(wall, 2),
+        "via": "supernova replay",
+        "summary": m.group(0),
+    }
+
+
+def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, Any]) -> dict[str, Any]:
+    """Every event through every system, exactly once; naive and worker scores agree."""
+    lines: list[str] = []
+    ok = True
+    if "raw" in runs:
+        good = runs["raw"].outputs == n
+        ok &= good
+        lines.append(
+            f"raw: {runs['raw'].outputs:,} copies of {n:,} events" + ("" if good else "  [MISMATCH]")
+        )
+    scores: dict[str, dict[str, float]] = {}
+    for key in ("naive_faust", "naive_faust_tuned", "worker"):
+        if key not in runs:
+            continue
+        run = runs[key]
+        got = [m.value for m in run.values]
+        ids = [s.event_id for s in got]
+        unique = set(ids)
+        missing, extra, dups = len(txn_ids - unique), len(unique - txn_ids), len(ids) - len(unique)
+        if run.capped:  # stopped at its time cap: what it scored must still be right
+            good = not (extra or dups)
+            note = f"time cap: stopped after {len(ids):,} of {len(txn_ids):,} transactions"
+        else:
+            good = not (missing or extra or dups)
+            note = f"{len(ids):,} scores for {len(txn_ids):,} transactions"
+        ok &= good
+        lines.append(
+            f"{key}: {note} (missing {missing}, unexpected {extra}, duplicates {dups})"
+            + ("" if good else "  [MISMATCH]")
+        )
+        scores[key] = {s.event_id: s.score for s in got}
+    if "naive_faust" in scores and "worker" in scores:
+        a, b = scores["naive_faust"], scores["worker"]
+        diffs = [abs(a[k] - b[k]) for k in a.keys() & b.keys()]
+        worst = max(diffs, default=0.0)
+        differ = sum(1 for d in diffs if d > SCORE_TOLERANCE)
+        lines.append(
+            f"naive faust vs worker scores: max |Δ| {worst:.2e}, {differ} of {len(diffs):,} differ by "
+            f"> {SCORE_TOLERANCE:g} (float summation order in std/means can move a tree split)"
+        )
+    lat = results.get("latency")
+    if lat is not None:
+        expected = lat["expected_scores"]
+        good = lat["scores"] == expected
+        ok &= good
+        lines.append(
+            f"latency: {lat['scores']:,} scores for {expected:,} transactions"
+            + ("" if good else "  [MISMATCH: the worker fell behind; percentiles are lower bounds]")
+        )
+    return {"ok": bool(ok), "lines": lines}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
