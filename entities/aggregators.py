@@ -170,13 +170,34 @@ class Moments(Sums):
         return exact_std(values())
 
 
+def _as_integers(xs: Sequence[float]) -> tuple[list[int], int]:
+    """Exact integers a and one power-of-two d with x == a / d for every x."""
+    ratios = [x.as_integer_ratio() for x in xs]
+    d = max(den for _, den in ratios)
+    return [num * (d // den) for num, den in ratios], d
+
+
 def exact_std(xs: Sequence[float]) -> float:
-    """Two-pass population std with exactly rounded sums."""
+    """Population std computed exactly (integer arithmetic), rounded once at the end.
+
+    Used where the running sums have lost precision to cancellation: values that
+    are all equal then give exactly 0, not one ulp of the value.
+    """
     n = len(xs)
-    if n == 0:
+    if n == 0 or not all(map(math.isfinite, xs)):
         return math.nan
-    m = math.fsum(xs) / n
-    return math.sqrt(math.fsum([(x - m) * (x - m) for x in xs]) / n)
+    a, d = _as_integers(xs)
+    s = sum(a)
+    return math.sqrt((n * sum(v * v for v in a) - s * s) / (n * n * d * d))
+
+
+def exact_centred(x: float, xs: Sequence[float]) -> float:
+    """x - mean(xs), exactly, rounded once (the zscore numerator of a tight cluster)."""
+    n = len(xs)
+    if n == 0 or not math.isfinite(x) or not all(map(math.isfinite, xs)):
+        return math.nan
+    a, d = _as_integers([x, *xs])
+    return (n * a[0] - sum(a[1:])) / (n * d)
 
 
 class Extreme:

@@ -64,10 +64,10 @@ def _event_error(exc: msgspec.MsgspecError) -> EventError:
     assert m is not None
     path = m.group("path") or ""
     reason = m.group("reason")
-    if not path:
-        missing = re.match(r"Object missing required field `(\w+)`", reason)
-        path = missing.group(1) if missing else "event"
-    return EventError(path, reason)
+    missing = re.match(r"Object missing required field `(\w+)`", reason)
+    if missing:  # name the missing field itself, e.g. attrs.amt
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return EventError(path or "event", reason)
 
 
 def ts_to_ms(value: int | dt.datetime) -> int:
@@ -131,6 +131,8 @@ class EventCodec:
             wire = self._decoder.decode(data)
         except msgspec.MsgspecError as exc:
             raise _event_error(exc) from None
+        except UnicodeDecodeError as exc:  # raised by msgspec for bad bytes inside a string
+            raise EventError("event", f"not valid UTF-8 at byte {exc.start}") from None
         return Event(
             wire.event_id,
             wire.entity_id,

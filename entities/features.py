@@ -50,6 +50,7 @@ from entities.aggregators import (
     Keyed,
     Moments,
     Sums,
+    exact_centred,
     exact_std,
     neumaier,
 )
@@ -338,8 +339,9 @@ class FeaturePlan:
         keep = "" if where is None else f" if _it[{where}] == item[{where}]"
         sd = row.once(
             f"sd{g}_{a}",
-            [  # Moments.std, with the window's values for the exact two-pass path
+            [  # Moments.std; ill-conditioned windows are computed exactly from their values
                 f"_n = {agg}.n",
+                f"vals{g}_{a} = None",
                 "if _n <= 1:",
                 f"    sd{g}_{a} = 0.0 if _n == 1 else NAN",
                 "else:",
@@ -349,7 +351,8 @@ class FeaturePlan:
                 f"    if _c > {_ILL_CONDITIONED!r} * _q:",
                 f"        sd{g}_{a} = sqrt(_c / _n)",
                 "    else:",
-                f"        sd{g}_{a} = exact_std([_it[{idx}] for _it in items[lo{g}:]{keep}])",
+                f"        vals{g}_{a} = [_it[{idx}] for _it in items[lo{g}:]{keep}]",
+                f"        sd{g}_{a} = exact_std(vals{g}_{a})",
             ],
         )
         if kind == "std":
@@ -357,7 +360,8 @@ class FeaturePlan:
         assert kind == "zscore"
         # sd >= ZSCORE_MIN_STD implies n >= 2, so the mean needs no empty guard.
         mean = f"({agg}.s + {agg}.cs) / {agg}.n"
-        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else (item[{idx}] - {mean}) / {sd})"
+        centred = f"(item[{idx}] - {mean} if vals{g}_{a} is None else exact_centred(item[{idx}], vals{g}_{a}))"
+        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else {centred} / {sd})"
 
     def _compile_prefix(self, f: Window, rp: _RepeatedPlan, idx: int, row: _RowCode) -> str:
         """sum/mean/std/zscore of an unfiltered window, from differences of prefix sums."""
@@ -376,8 +380,9 @@ class FeaturePlan:
             return f"{total} / {n}"
         sd = row.once(
             f"sd{j}_{g}",
-            [  # as Moments.std, with the window's values for the exact two-pass path
+            [  # as Moments.std; ill-conditioned windows are computed exactly from their values
                 f"_n = {n}",
+                f"pvals{j}_{g} = None",
                 "if _n <= 1:",
                 f"    sd{j}_{g} = 0.0 if _n == 1 else NAN",
                 "else:",
@@ -386,13 +391,16 @@ class FeaturePlan:
                 f"    if _c > {_ILL_CONDITIONED!r} * _q:",
                 f"        sd{j}_{g} = sqrt(_c / _n)",
                 "    else:",
-                f"        sd{j}_{g} = exact_std([_it[{idx}] for _it in items[lo{g}:]])",
+                f"        pvals{j}_{g} = [_it[{idx}] for _it in items[lo{g}:]]",
+                f"        sd{j}_{g} = exact_std(pvals{j}_{g})",
             ],
         )
         if kind == "std":
             return sd
         assert kind == "zscore"
-        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else (item[{idx}] - {total} / {n}) / {sd})"
+        vals = f"pvals{j}_{g}"
+        centred = f"(item[{idx}] - {total} / {n} if {vals} is None else exact_centred(item[{idx}], {vals}))"
+        return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else {centred} / {sd})"
 
     # --- compilation: code --------------------------------------------------------
 
@@ -401,6 +409,7 @@ class FeaturePlan:
             NAN=NAN,
             sqrt=math.sqrt,
             exact_std=exact_std,
+            exact_centred=exact_centred,
             astuple=msgspec.structs.astuple,
             EventError=EventError,
             late_error=_late_error,

@@ -121,11 +121,23 @@ class RecordCodec:
         )
         return self._encoder.encode(state)
 
+    def _check_header(self, data: bytes) -> None:
+        try:
+            head = msgspec.msgpack.decode(data)
+        except msgspec.MsgspecError:
+            return
+        if isinstance(head, list) and len(head) >= 2:
+            if head[0] != SCHEMA_VERSION:
+                raise RecordError(f"record schema version {head[0]}, expected {SCHEMA_VERSION}")
+            if head[1] != self.layout:
+                raise RecordError(f"record written for layout {head[1]}, this spec has {self.layout}")
+
     def decode(self, data: bytes) -> SupernovaRecord:
         """Deserialise a record; raise RecordError on corrupt or foreign bytes."""
         try:
             state = self._decoder.decode(data)
         except msgspec.MsgspecError as exc:
+            self._check_header(data)  # a foreign version/layout says so, not "does not decode"
             raise RecordError(f"record does not decode: {exc}") from None
         if state.v != SCHEMA_VERSION:
             raise RecordError(f"record schema version {state.v}, expected {SCHEMA_VERSION}")

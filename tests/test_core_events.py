@@ -174,11 +174,6 @@ def test_invalid_event_names_field_and_reason(codec: EventCodec, name: str) -> N
         assert word.lower() in err.reason.lower(), (name, word, err.reason)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core inconsistency: a missing top-level field gives .field 'event_id', but a "
-    "missing attribute gives .field 'attrs' (only the message names `amt`)",
-)
 def test_missing_attribute_names_the_attribute(codec: EventCodec) -> None:
     payload = wire({**txn(), "attrs": {k: v for k, v in txn()["attrs"].items() if k != "amt"}})
     with pytest.raises(EventError) as info:
@@ -201,13 +196,6 @@ NON_UTF8 = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="core bug: EventCodec.decode lets msgspec's UnicodeDecodeError escape for "
-    "non-UTF-8 bytes inside a JSON string (not an EventError), so the worker and the "
-    "file source, which catch EventError only, stop on one such message",
-)
 @pytest.mark.parametrize("name", list(NON_UTF8))
 def test_non_utf8_in_a_string_is_an_event_error(codec: EventCodec, name: str) -> None:
     with pytest.raises(EventError) as info:
@@ -390,13 +378,6 @@ def test_record_of_another_layout_names_the_layout(spec: Spec, other: Any) -> No
         RecordCodec(spec).decode(other_engine.codec.encode(other_engine.records["card"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a record with items written under a layout with another repeated "
-    "field is refused, but as 'record does not decode: Expected `array` of length 8, "
-    "got 7' (the items fail to decode before the layout hash is checked), so the "
-    "message does not say the layout changed",
-)
 def test_record_with_items_of_another_repeated_layout_names_the_layout(spec: Spec) -> None:
     engine, _ = _history(spec)
     data = engine.codec.encode(engine.records["card"])

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reference_core import Outcome, Reference, WindowStats
+from reference_core import Outcome, Reference
 
 from entities.engine import Engine
 from entities.events import Event, EventCodec, LateEventError
@@ -232,7 +232,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Config, list[Op]]:
     return cfg, out
 
 
-# --- known issues of the core (see the xfail tests at the end) ------------------------
+# --- edge cases of the exact path (tested at the end) ---------------------------------
 
 
 def _core_rows(xs: list[float], step: int = 0) -> list[dict[str, float]]:
@@ -247,60 +247,27 @@ def _core_rows(xs: list[float], step: int = 0) -> list[dict[str, float]]:
 
 
 # Constant window of a value whose n-fold sum is inexact: std must be exactly 0 and
-# zscore 0.0; the core gives std = 1 ulp of the value and zscore = -1.0.
+# zscore 0.0 (a rounded mean would leave 1 ulp of the value).
 EQUAL_VALUES = [12_345_678.91] * 3
 # Cluster near 1e6 (std/mean ~ 1e-8): the exact zscore is 1.2247448713915892.
 CLUSTER = [1e6, 1e6 + 0.01, 1e6 + 0.02]
 CLUSTER_Z = 1.2247448713915892
 
 
-def _equal_values_std_bug() -> bool:
-    last = _core_rows(EQUAL_VALUES)[-1]
-    return last["std_5"] != 0.0 or last["zscore_5"] != 0.0
-
-
-def _zscore_rounding_issue() -> bool:
-    z = _core_rows(CLUSTER)[-1]["zscore_5"]
-    return abs(z - CLUSTER_Z) > REL_TOL * abs(CLUSTER_Z)
-
-
-# While these issues are present, the property test tolerates exactly their
-# signature (and nothing else); once fixed, it is strict again by itself.
-EQUAL_VALUES_STD_BUG = _equal_values_std_bug()
-ZSCORE_ROUNDING_ISSUE = _zscore_rounding_issue()
-ZSCORE_MEAN_ULPS = 8
-
-
-def slack_of(spec: Spec, stats: list[WindowStats | None]) -> list[float]:
-    """Extra absolute tolerance per feature for the known issues, 0.0 elsewhere."""
-    out = []
-    for f, ws in zip(spec.features, stats, strict=True):
-        slack = 0.0
-        if ws is not None:
-            assert isinstance(f, Window)
-            if EQUAL_VALUES_STD_BUG and ws.n > 1 and ws.std == 0.0:
-                slack = math.inf  # std of equal values: a few ulps; zscore: anything
-            elif ZSCORE_ROUNDING_ISSUE and f.agg.kind == "zscore" and ws.std >= 1e-9:
-                # x - mean with the mean rounded to a double: ulps of |mean| / std.
-                slack = ZSCORE_MEAN_ULPS * 2.0**-52 * max(abs(ws.mean), abs(ws.x)) / ws.std
-        out.append(slack)
-    return out
-
-
 # --- comparison --------------------------------------------------------------------
 
 
-def close(a: float, b: float, slack: float = 0.0) -> bool:
+def close(a: float, b: float) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
-    return abs(a - b) <= max(REL_TOL * max(abs(a), abs(b)), ABS_FLOOR) + slack
+    return abs(a - b) <= max(REL_TOL * max(abs(a), abs(b)), ABS_FLOOR)
 
 
 def assert_rows_equal(
-    got: list[float], want: list[float], slack: list[float], names: list[str], where: str
+    got: list[float], want: list[float], names: list[str], where: str
 ) -> None:
     assert len(got) == len(want) == len(names), where
-    bad = [(n, g, w) for n, g, w, s in zip(names, got, want, slack, strict=True) if not close(g, w, s)]
+    bad = [(n, g, w) for n, g, w in zip(names, got, want, strict=True) if not close(g, w)]
     assert not bad, f"{where}: features differ (name, core, reference): {bad}"
 
 
@@ -364,7 +331,7 @@ def test_incremental_equals_from_scratch(scenario: tuple[Config, list[Op]]) -> N
         assert [e.event_id for e in got.scored] == [ev.event_id for ev, _ in rows]
         for (ev, out), got_row in zip(rows, got.rows, strict=True):
             assert out.row is not None and out.stats is not None
-            assert_rows_equal(got_row, out.row, slack_of(spec, out.stats), names, f"event {ev.event_id}")
+            assert_rows_equal(got_row, out.row, names, f"event {ev.event_id}")
         assert got.late == [out.was_late for _, out in rows]
         assert [e for e, _ in got.rejected] == rejected
         for _, err in got.rejected:
@@ -415,16 +382,9 @@ def test_incremental_equals_from_scratch(scenario: tuple[Config, list[Op]]) -> N
     flush()
 
 
-# --- known issues, pinned ------------------------------------------------------------
+# --- edge cases of the exact path ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: std of a window of equal values is 1 ulp of the value, not 0 "
-    "(aggregators.exact_std takes the mean as fsum(xs)/n, rounded, so x - mean != 0); for "
-    "values >= ~1e7 that std exceeds ZSCORE_MIN_STD and zscore of a constant series is "
-    "+-1.0 instead of 0.0",
-)
 def test_equal_values_have_zero_std_and_zscore() -> None:
     for n in (2, 3, 6):
         for v in (12_345_678.91, 1_000_000.01, 0.7):
@@ -433,12 +393,6 @@ def test_equal_values_have_zero_std_and_zscore() -> None:
             assert last["zscore_5"] == 0.0, (v, n, last["zscore_5"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core precision: zscore takes x - mean with the mean rounded to a double, so "
-    "when std/|mean| ~ 1e-8 (values clustered near 1e6) z is off by ~1e-8 relative, "
-    "beyond the 1e-9 tolerance; std, mean and sum are exact enough",
-)
 def test_zscore_of_a_tight_cluster_of_large_values() -> None:
     z = _core_rows(CLUSTER)[-1]["zscore_5"]
     assert close(z, CLUSTER_Z), (z, CLUSTER_Z)
