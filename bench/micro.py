@@ -32,11 +32,11 @@ from entities.spec import load_spec
 from models.artifact import load
 from models.scorer import Scorer
 from streams import messages as msg
+from streams.kafka_io import partition_for
 from streams.metrics import WorkerMetrics
 from streams.produce import file_events
 from streams.sources import Rejected
 from streams.store import PartitionStore
-from streams.kafka_io import partition_for
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"

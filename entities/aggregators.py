@@ -188,7 +188,11 @@ def exact_std(xs: Sequence[float]) -> float:
         return math.nan
     a, d = _as_integers(xs)
     s = sum(a)
-    return math.sqrt((n * sum(v * v for v in a) - s * s) / (n * n * d * d))
+    num, den = n * sum(v * v for v in a) - s * s, n * n * d * d
+    try:
+        return math.sqrt(num / den)
+    except OverflowError:  # variance beyond the float range; the std may still fit
+        return math.exp((math.log(num) - math.log(den)) / 2)
 
 
 def exact_centred(x: float, xs: Sequence[float]) -> float:
@@ -197,7 +201,10 @@ def exact_centred(x: float, xs: Sequence[float]) -> float:
     if n == 0 or not math.isfinite(x) or not all(map(math.isfinite, xs)):
         return math.nan
     a, d = _as_integers([x, *xs])
-    return (n * a[0] - sum(a[1:])) / (n * d)
+    try:
+        return (n * a[0] - sum(a[1:])) / (n * d)
+    except OverflowError:
+        return x - math.fsum(xs) / n
 
 
 class Extreme:

@@ -84,6 +84,7 @@ def ts_to_ms(value: int | dt.datetime) -> int:
 
 def attrs_struct(name: str, fields: dict[str, Any], optional: bool) -> type[msgspec.Struct]:
     """A msgspec Struct for an event type's attrs; fixed attrs are all optional (UNSET)."""
+    spec_fields: list[tuple[Any, ...]]
     if optional:
         spec_fields = [(k, t | msgspec.UnsetType, msgspec.UNSET) for k, t in fields.items()]
     else:
@@ -131,8 +132,10 @@ class EventCodec:
             wire = self._decoder.decode(data)
         except msgspec.MsgspecError as exc:
             raise _event_error(exc) from None
-        except UnicodeDecodeError as exc:  # raised by msgspec for bad bytes inside a string
-            raise EventError("event", f"not valid UTF-8 at byte {exc.start}") from None
+        except UnicodeDecodeError:  # raised by msgspec for bad bytes inside a string
+            raise EventError("event", "a string is not valid UTF-8") from None
+        except RecursionError:  # deeply nested input: data, not a reason to crash
+            raise EventError("event", "JSON nested too deeply") from None
         return Event(
             wire.event_id,
             wire.entity_id,

@@ -360,7 +360,9 @@ class FeaturePlan:
         assert kind == "zscore"
         # sd >= ZSCORE_MIN_STD implies n >= 2, so the mean needs no empty guard.
         mean = f"({agg}.s + {agg}.cs) / {agg}.n"
-        centred = f"(item[{idx}] - {mean} if vals{g}_{a} is None else exact_centred(item[{idx}], vals{g}_{a}))"
+        centred = (
+            f"(item[{idx}] - {mean} if vals{g}_{a} is None else exact_centred(item[{idx}], vals{g}_{a}))"
+        )
         return f"(0.0 if not {sd} >= {ZSCORE_MIN_STD!r} else {centred} / {sd})"
 
     def _compile_prefix(self, f: Window, rp: _RepeatedPlan, idx: int, row: _RowCode) -> str:
@@ -708,6 +710,6 @@ def _targets(g: int, n: int) -> str:
 def _late_error(rp: _RepeatedPlan, last: int, ts: int) -> LateEventError:
     return LateEventError(
         "ts",
-        f"event is {(last - ts) / 1000:.0f} s older than the entity's newest "
+        f"event is {(last - ts) / 1000:.3f} s older than the entity's newest "
         f"(allowed lateness {rp.allowed_lateness / 1000:.0f} s)",
     )

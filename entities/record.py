@@ -135,7 +135,7 @@ class RecordCodec:
     def decode(self, data: bytes) -> SupernovaRecord:
         """Deserialise a record; raise RecordError on corrupt or foreign bytes."""
         try:
-            state = self._decoder.decode(data)
+            state: Any = self._decoder.decode(data)
         except msgspec.MsgspecError as exc:
             self._check_header(data)  # a foreign version/layout says so, not "does not decode"
             raise RecordError(f"record does not decode: {exc}") from None

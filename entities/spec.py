@@ -287,10 +287,11 @@ def _validate(spec: Spec) -> None:
         where = f"feature {f.name!r}"
         if isinstance(f, Current) and f.field not in scored_fields:
             raise SpecError(f"{where}: {f.field!r} is not a field of {spec.score_on!r} events")
-        if isinstance(f, (Window, Lifetime, TimeSincePrevious)):
-            rep = spec.repeated.get(f.repeated)
-            if rep is None:
-                raise SpecError(f"{where}: unknown repeated attribute {f.repeated!r}")
+        if not isinstance(f, (Window, Lifetime, TimeSincePrevious)):
+            continue
+        rep = spec.repeated.get(f.repeated)
+        if rep is None:
+            raise SpecError(f"{where}: unknown repeated attribute {f.repeated!r}")
         if isinstance(f, (Window, Lifetime)):
             allowed = WINDOW_KINDS if isinstance(f, Window) else LIFETIME_KINDS
             if f.agg.kind not in allowed:

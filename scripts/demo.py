@@ -64,7 +64,8 @@ def main() -> int:
         data_dir = args.out / run_id
         http_port = _free_port()
         cmd = [
-            sys.executable, "-m", "streams.cli", "worker", "--spec", str(SPEC), "--registry", str(args.registry),
+            sys.executable, "-m", "streams.cli", "worker",
+            "--spec", str(SPEC), "--registry", str(args.registry),
             "--bootstrap", bootstrap, "--data-dir", str(data_dir), "--app-id", run_id,
             "--events-topic", f"{run_id}.events", "--scores-topic", f"{run_id}.scores",
             "--dlq-topic", f"{run_id}.events.dlq", "--http-port", str(http_port),
@@ -126,7 +127,8 @@ def ensure_backtest(args: argparse.Namespace, model: Path) -> Path:
     result = backtest(model, features, out, spec=load_spec(SPEC), source_csv=args.input)
     overall = result.metrics["models"]["champion"]["overall"]
     console.print(
-        f"backtest on {overall['rows']:,} events: ROC-AUC {overall['roc_auc']:.4f}, PR-AUC {overall['pr_auc']:.4f}"
+        f"backtest on {overall['rows']:,} events: "
+        f"ROC-AUC {overall['roc_auc']:.4f}, PR-AUC {overall['pr_auc']:.4f}"
     )
     return out / "report.html"
 
@@ -190,7 +192,9 @@ async def stream(args: argparse.Namespace, bootstrap: str, run_id: str, model: P
 
     with Live(view(), console=console, refresh_per_second=4) as live:
         tailer = asyncio.create_task(tail(bootstrap, f"{run_id}.scores", on_score, from_beginning=True))
-        await produce(bootstrap, f"{run_id}.events", codec, tracked(), rate=args.rate, on_progress=on_produced)  # type: ignore[arg-type]
+        await produce(
+            bootstrap, f"{run_id}.events", codec, tracked(), rate=args.rate, on_progress=on_produced
+        )  # type: ignore[arg-type]
         while state["scored"] < expected and time.monotonic() - started < 600:
             live.update(view())
             await asyncio.sleep(0.25)

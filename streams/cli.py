@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -187,7 +188,14 @@ def _worker(args: argparse.Namespace) -> int:
         include_features=not args.no_features,
         exactly_once=args.exactly_once,
         commit_interval_ms=int(
-            1000 * (args.commit_interval if args.commit_interval is not None else 0.1 if args.exactly_once else 1.0)
+            1000
+            * (
+                args.commit_interval
+                if args.commit_interval is not None
+                else 0.1
+                if args.exactly_once
+                else 1.0
+            )
         ),
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
@@ -242,12 +250,10 @@ def _tail(args: argparse.Namespace) -> int:
     def show(rec: Any) -> None:
         print(rec.value.decode(errors="replace"), flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             tail_topic(args.bootstrap, args.topic, show, args.from_beginning, args.limit, _kafka_config(args))
         )
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

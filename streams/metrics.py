@@ -49,7 +49,9 @@ class WorkerMetrics:
         self.dlq = Counter("supernova_dlq", "Events sent to the dead-letter topic", ["reason"], registry=r)
         self.duplicates = Counter("supernova_duplicates", "Events ignored as duplicates", registry=r)
         self.replayed = Counter(
-            "supernova_replayed_skipped", "Events skipped after a restart: their record already held them", registry=r
+            "supernova_replayed_skipped",
+            "Events skipped after a restart: their record already held them",
+            registry=r,
         )
         self.late = Counter("supernova_late_scored", "Late events scored (older than newest)", registry=r)
         self.quarantined = Counter(

@@ -11,6 +11,7 @@ import logging
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -33,7 +34,7 @@ class PartitionStore:
 
     def get_many(self, entity_ids: list[str]) -> list[bytes | None]:
         """Stored record bytes of each entity (None where absent)."""
-        return self.db[[e.encode() for e in entity_ids]]  # type: ignore[no-any-return]
+        return cast(list[bytes | None], self.db[[e.encode() for e in entity_ids]])
 
     def input_offset(self) -> int | None:
         """Next input offset to consume, as of the last committed batch."""

@@ -97,6 +97,16 @@ class _Partition:
     last: dict[str, tuple[float, str, list[float]]] = field(default_factory=dict)
 
 
+@dataclass
+class _Span:
+    """What one checkpoint persists for one partition: offsets [start, end) and its records."""
+
+    part: _Partition
+    start: int
+    end: int
+    changed: list[tuple[str, bytes]]
+
+
 class BatchWorker:
     """Consumes events, maintains records, scores, produces; one instance per process."""
 
@@ -116,6 +126,7 @@ class BatchWorker:
         self.producer: AIOKafkaProducer | None = None
         self.in_flight: list[Any] = []  # delivery futures since the last checkpoint
         self.in_transaction = False
+        self._persisting: asyncio.Future[None] | None = None
         self.last_checkpoint = time.monotonic()
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self.scored_total = 0
@@ -200,11 +211,16 @@ class BatchWorker:
             batches = await self.consumer.getmany(
                 timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch
             )
+            # getmany returns without suspending when records are buffered: yield once per
+            # poll so the producer's sender and the fetcher run (else scores queue up).
+            await asyncio.sleep(0)
             async with self.lock:
                 if batches:
                     await self.process(batches)
-                if time.monotonic() - self.last_checkpoint >= interval:
-                    await self.checkpoint()
+                if time.monotonic() - self.last_checkpoint >= interval and (
+                    self._persisting is None or self._persisting.done()
+                ):
+                    await self.checkpoint(wait=False)
 
     def _in_sequence(self, part: _Partition, records: list[Any]) -> list[Any]:
         """The records that continue exactly where this partition left off.
@@ -269,7 +285,9 @@ class BatchWorker:
         m.scores_out.inc(len(scores))
         self.scored_total += len(scores)
 
-    def _decode(self, part: _Partition, records: list[Any], dead: list[Message]) -> tuple[list[Event], dict[int, Any]]:
+    def _decode(
+        self, part: _Partition, records: list[Any], dead: list[Message]
+    ) -> tuple[list[Event], dict[int, Any]]:
         events: list[Event] = []
         origin: dict[int, Any] = {}
         decode = self.codec.decode
@@ -333,7 +351,9 @@ class BatchWorker:
                 self.metrics.quarantined.inc()
                 part.store.quarantine(entity_id, data)
 
-    def _scores(self, scored: list[tuple[_Partition, Event, Any, bool]], rows: list[list[float]]) -> list[Message]:
+    def _scores(
+        self, scored: list[tuple[_Partition, Event, Any, bool]], rows: list[list[float]]
+    ) -> list[Message]:
         if not scored:
             return []
         result = self.scorer.score(np.array(rows, dtype=np.float64))
@@ -381,43 +401,69 @@ class BatchWorker:
             await self.producer.begin_transaction()
             self.in_transaction = True
 
-    async def checkpoint(self) -> None:
-        """Make everything processed so far durable: scores, then changelog, then store, then offsets."""
-        assert self.producer is not None and self.consumer is not None
-        started = time.monotonic()
-        self.last_checkpoint = started
-        todo = [p for p in self.parts.values() if p.position > p.checkpointed]
-        await asyncio.gather(*self.in_flight)  # scores first: a changelog entry means "done"
-        self.in_flight.clear()
-        if not todo and not self.in_transaction:
+    async def checkpoint(self, wait: bool = True) -> None:
+        """Make everything processed so far durable: scores, then changelog, then store, then offsets.
+
+        The records are encoded here, at the checkpoint's boundary; the I/O runs as a
+        task while the loop goes on (``wait=False``), except in exactly-once mode,
+        where the next transaction may only start once this one is committed.
+        Checkpoints never overlap: a new one first waits for the previous one.
+        """
+        if self._persisting is not None:
+            await self._persisting
+            self._persisting = None
+        self.last_checkpoint = time.monotonic()
+        snapshot = self._snapshot()
+        if snapshot is None:
             return
-        await self._begin()
-        changed: dict[int, list[tuple[str, bytes]]] = {}
-        futures = []
-        for part in todo:
+        if wait or self.cfg.exactly_once:
+            await self._persist(*snapshot)
+        else:
+            self._persisting = asyncio.ensure_future(self._persist(*snapshot))
+
+    def _snapshot(self) -> tuple[list[_Span], list[Any]] | None:
+        """Encode the records changed since the last checkpoint; take the pending sends."""
+        spans = []
+        for part in self.parts.values():
+            if part.position <= part.checkpointed:
+                continue
             encode = part.engine.codec.encode
             records = part.engine.records
-            changed[part.tp.partition] = [(eid, encode(records[eid])) for eid in part.dirty if eid in records]
+            changed = [(eid, encode(records[eid])) for eid in part.dirty if eid in records]
+            part.dirty.clear()
+            spans.append(_Span(part, part.checkpointed, part.position, changed))
+            part.checkpointed = part.position
+        in_flight, self.in_flight = self.in_flight, []
+        if not spans and not in_flight and not self.in_transaction:
+            return None
+        return spans, in_flight
+
+    async def _persist(self, spans: list[_Span], in_flight: list[Any]) -> None:
+        assert self.producer is not None and self.consumer is not None
+        started = time.monotonic()
+        await asyncio.gather(*in_flight)  # scores first: a changelog entry means "done"
+        await self._begin()
+        deliveries = []
+        for span in spans:
+            p = span.part.tp.partition
             headers = [
-                (msg.CL_BATCH_START, str(part.checkpointed).encode()),
-                (msg.CL_BATCH_END, str(part.position).encode()),
+                (msg.CL_BATCH_START, str(span.start).encode()),
+                (msg.CL_BATCH_END, str(span.end).encode()),
             ]
-            cl = [(eid.encode(), data, headers, part.tp.partition) for eid, data in changed[part.tp.partition]]
-            futures.append(send_batches(self.producer, self.cfg.changelog_topic, cl, count=True))
-        sent = [await f for f in futures]
-        offsets = {part.tp: part.position for part in todo}
+            cl = [(eid.encode(), data, headers, p) for eid, data in span.changed]
+            deliveries.append(await send_batches(self.producer, self.cfg.changelog_topic, cl, count=True))
+        offsets = {span.part.tp: span.end for span in spans}
         if self.cfg.exactly_once:
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.cfg.group_id)
             await self.producer.commit_transaction()
             self.in_transaction = False
-        for part, delivery in zip(todo, sent, strict=True):
+        for span, delivery in zip(spans, deliveries, strict=True):
             acked = await asyncio.gather(*delivery)
+            part = span.part
             if acked:
                 part.changelog_next = max(base + n for base, n in acked)
-            part.store.commit(changed[part.tp.partition], part.position, part.changelog_next)
-            part.checkpointed = part.position
-            part.dirty.clear()
+            part.store.commit(span.changed, span.end, part.changelog_next)
             self._trim_cache(part)
         if offsets and not self.cfg.exactly_once:
             try:
@@ -425,16 +471,16 @@ class BatchWorker:
             except KafkaError as exc:  # e.g. mid-rebalance: the stores hold the positions anyway
                 log.warning("offset commit failed (%s); the stores hold the positions", exc)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
-        for part in todo:
-            hw = self.consumer.highwater(part.tp)
+        for span in spans:
+            hw = self.consumer.highwater(span.part.tp)
             if hw is not None:
-                self.metrics.lag.labels(partition=str(part.tp.partition)).set(max(0, hw - part.position))
+                self.metrics.lag.labels(partition=str(span.part.tp.partition)).set(max(0, hw - span.end))
 
     def _trim_cache(self, part: _Partition) -> None:
         records = part.engine.records
         excess = len(records) - self.cfg.max_cached_records
-        if excess > 0:  # records are durable now: drop the oldest-loaded
-            for eid in list(records)[:excess]:
+        if excess > 0:  # drop the oldest-loaded records that are durable (not changed since)
+            for eid in [e for e in records if e not in part.dirty][:excess]:
                 del records[eid]
 
     # --- partitions -------------------------------------------------------------------

@@ -169,7 +169,7 @@ def reference_features(csv_path: str | Path, nrows: int | None = 20_000) -> pd.D
     out["amt"] = amt.copy()
     out["hour_of_day"] = t_utc.dt.hour.to_numpy(dtype=np.float64)
     dob = pd.to_datetime(df["dob"], format="%Y-%m-%d")
-    days = [(ti.date() - di.date()).days for ti, di in zip(t_utc.tolist(), dob.tolist())]
+    days = [(ti.date() - di.date()).days for ti, di in zip(t_utc.tolist(), dob.tolist(), strict=True)]
     out["age_years"] = np.asarray(days, dtype=np.float64) / 365.25
     out["city_pop"] = df["city_pop"].to_numpy(dtype=np.float64)
     out["is_male"] = (df["gender"] == "M").to_numpy(dtype=np.float64)

@@ -263,9 +263,7 @@ def close(a: float, b: float) -> bool:
     return abs(a - b) <= max(REL_TOL * max(abs(a), abs(b)), ABS_FLOOR)
 
 
-def assert_rows_equal(
-    got: list[float], want: list[float], names: list[str], where: str
-) -> None:
+def assert_rows_equal(got: list[float], want: list[float], names: list[str], where: str) -> None:
     assert len(got) == len(want) == len(names), where
     bad = [(n, g, w) for n, g, w in zip(names, got, want, strict=True) if not close(g, w)]
     assert not bad, f"{where}: features differ (name, core, reference): {bad}"

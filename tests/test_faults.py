@@ -48,7 +48,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def events() -> tuple[list[Event], dict[str, tuple]]:
     """The input events and, per card, replay's final record (encoded, for exact comparison)."""
-    codec, it = file_events(SPEC, INPUT, N_ROWS)
+    _, it = file_events(SPEC, INPUT, N_ROWS)
     evs = [e for e in it if isinstance(e, Event)]
     engine = Engine(load_spec(SPEC))
     engine.process(evs)
@@ -209,7 +209,15 @@ def test_rocksdb_deleted_between_restarts(kafka_broker, model: Path, events, tmp
     finally:
         worker.stop()
     dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
-    _check("RocksDB deleted x2", dead, evs, scores, want, _stored_records([data], worker.topics["events"]), started)
+    _check(
+        "RocksDB deleted x2",
+        dead,
+        evs,
+        scores,
+        want,
+        _stored_records([data], worker.topics["events"]),
+        started,
+    )
 
 
 def test_broker_restart_mid_stream(kafka_broker, model: Path, events, tmp_path: Path) -> None:

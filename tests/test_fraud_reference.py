@@ -148,18 +148,18 @@ def _row(
 
 
 def test_reference_on_hand_made_csv(tmp_path: Path) -> None:
-    A, B = "4000000000000001", "060000000002"  # B has a leading zero, as in the data
+    card_a, card_b = "4000000000000001", "060000000002"  # card_b has a leading zero, as in the data
     lines = [
         _HEADER,
-        _row(0, "2020-06-21 00:00:00", A, "m1", "grocery_pos", "10.00"),
+        _row(0, "2020-06-21 00:00:00", card_a, "m1", "grocery_pos", "10.00"),
         # row 1 ties row 0 in time; row 4 is exactly 24h after rows 0 and 1;
         # row 5 comes 25h after row 4; row 6 is out of time order in the file.
-        _row(1, "2020-06-21 00:00:00", A, "m2", "grocery_pos", "20.00"),
-        _row(2, "2020-06-21 01:00:00", B, "m1", "misc_net", "5.00", gender="M"),
-        _row(3, "2020-06-21 06:30:00", A, "m1", "gas_transport", "30.00"),
-        _row(4, "2020-06-22 00:00:00", A, "m3", "grocery_pos", "40.00"),
-        _row(5, "2020-06-23 01:00:00", A, "m1", "grocery_pos", "50.00", fraud=1),
-        _row(6, "2020-06-21 00:30:00", B, "m2", "misc_net", "7.00", gender="M"),
+        _row(1, "2020-06-21 00:00:00", card_a, "m2", "grocery_pos", "20.00"),
+        _row(2, "2020-06-21 01:00:00", card_b, "m1", "misc_net", "5.00", gender="M"),
+        _row(3, "2020-06-21 06:30:00", card_a, "m1", "gas_transport", "30.00"),
+        _row(4, "2020-06-22 00:00:00", card_a, "m3", "grocery_pos", "40.00"),
+        _row(5, "2020-06-23 01:00:00", card_a, "m1", "grocery_pos", "50.00", fraud=1),
+        _row(6, "2020-06-21 00:30:00", card_b, "m2", "misc_net", "7.00", gender="M"),
     ]
     csv = tmp_path / "tiny.csv"
     csv.write_text("\n".join(lines) + "\n")

@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaProducer
 from streaming import SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
 
 from entities.spec import load_spec
+from streams.kafka_io import partition_for
 from streams.messages import DLQ_REASON, DLQ_SOURCE, ScoreMessage
 from streams.produce import file_events
 from streams.replay import replay
-from streams.kafka_io import partition_for
 
 pytestmark = pytest.mark.kafka
 
