@@ -38,6 +38,13 @@ def neumaier(total: str, comp: str, x: str) -> list[str]:
     ]
 
 
+def compensated(total: float, comp: float, x: float) -> tuple[float, float]:
+    """Neumaier step: (total + x, comp + the rounding error of that addition)."""
+    t = total + x
+    comp += (total - t) + x if abs(total) >= abs(x) else (x - t) + total
+    return t, comp
+
+
 class Sums:
     """Count and Neumaier-compensated sum of one field (for sum and mean)."""
 
@@ -51,11 +58,7 @@ class Sums:
     def add(self, item: Item) -> None:
         """Add an item's value."""
         self.n += 1
-        x = item[self.idx]
-        s = self.s
-        t = s + x
-        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
-        self.s = t
+        self.s, self.cs = compensated(self.s, self.cs, item[self.idx])
 
     def remove(self, item: Item) -> None:
         """Remove an item's value (it must have been added)."""
@@ -63,11 +66,7 @@ class Sums:
         if self.n == 0:  # empty: drop accumulated rounding entirely
             self.s = self.cs = 0.0
             return
-        x = -item[self.idx]
-        s = self.s
-        t = s + x
-        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
-        self.s = t
+        self.s, self.cs = compensated(self.s, self.cs, -item[self.idx])
 
     def emit_add(self, var: str, item: str) -> list[str]:
         """Inline source of ``var.add(item)``."""
@@ -107,34 +106,18 @@ class Moments(Sums):
 
     def add(self, item: Item) -> None:
         """Add an item's value."""
-        self.n += 1
+        super().add(item)
         x = item[self.idx]
-        s = self.s
-        t = s + x
-        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
-        self.s = t
-        x2 = x * x
-        q = self.q
-        t = q + x2
-        self.cq += (q - t) + x2 if abs(q) >= abs(x2) else (x2 - t) + q
-        self.q = t
+        self.q, self.cq = compensated(self.q, self.cq, x * x)
 
     def remove(self, item: Item) -> None:
         """Remove an item's value (it must have been added)."""
-        self.n -= 1
-        if self.n == 0:  # empty: drop accumulated rounding entirely
-            self.s = self.cs = self.q = self.cq = 0.0
+        super().remove(item)
+        if self.n == 0:
+            self.q = self.cq = 0.0
             return
-        x = -item[self.idx]
-        s = self.s
-        t = s + x
-        self.cs += (s - t) + x if abs(s) >= abs(x) else (x - t) + s
-        self.s = t
-        x2 = -(x * x)
-        q = self.q
-        t = q + x2
-        self.cq += (q - t) + x2 if abs(q) >= abs(x2) else (x2 - t) + q
-        self.q = t
+        x = item[self.idx]
+        self.q, self.cq = compensated(self.q, self.cq, -(x * x))
 
     def emit_add(self, var: str, item: str) -> list[str]:
         """Inline source of ``var.add(item)``."""
