@@ -188,6 +188,11 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
     raise TimeoutError(f"topic {topic} has no partitions")
 
 
+def metric(text: str, name: str) -> float:
+    """Sum of a Prometheus metric's samples (all label sets) in /metrics text."""
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
 def chunks(it: Iterator[Any], n: int) -> list[Any]:
     """The next n items of an iterator."""
     out = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from streaming import SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import Event
@@ -152,7 +152,8 @@ def test_kill_9_five_times(kafka_broker, model: Path, events, tmp_path: Path, ex
     try:
         for i in range(5):
             time.sleep(rng.uniform(1.0, 4.0))
-            print(f"kill {i + 1}: worker consumed {_metric(worker, 'supernova_events_in_total'):,.0f} so far")
+            consumed = metric(worker.get("/metrics") or "", "supernova_events_in_total")
+            print(f"kill {i + 1}: worker consumed {consumed:,.0f} so far")
             worker.kill()
             worker.start()
         feeder.join()
@@ -166,11 +167,6 @@ def test_kill_9_five_times(kafka_broker, model: Path, events, tmp_path: Path, ex
     mode = "exactly-once" if exactly_once else "at-least-once"
     dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
     _check(f"kill -9 x5 ({mode})", dead, evs, scores, want, got, started, exactly_once)
-
-
-def _metric(worker: WorkerProcess, name: str) -> float:
-    text = worker.get("/metrics") or ""
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name))
 
 
 def _scores_committed(bootstrap: str, topic: str, expect: int) -> list[ScoreMessage]:

@@ -35,7 +35,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from streaming import SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import MAX_EVENT_BYTES, MAX_TS_MS, MIN_TS_MS, Event
@@ -534,10 +534,6 @@ def draw_all(strategy: st.SearchStrategy[Bad], n: int) -> list[Bad]:
 # --- the test --------------------------------------------------------------------------
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
 def _same_features(got: dict[str, float | None], want: list[float], names: list[str]) -> bool:
     """Equal, NaN included (the score message writes NaN as null)."""
 
@@ -605,7 +601,7 @@ def test_malformed_input_fuzz(kafka_broker, tmp_path: Path) -> None:
         asyncio.run(publish())
         published = time.monotonic()
         deadline = time.monotonic() + 60
-        while _metric(worker.get("/metrics") or "", "supernova_events_in_total") < len(stream):
+        while metric(worker.get("/metrics") or "", "supernova_events_in_total") < len(stream):
             alive = worker.proc is not None and worker.proc.poll() is None
             assert alive, f"the worker died:\n{worker.log_tail()}"
             assert time.monotonic() < deadline, f"the worker stalled:\n{worker.log_tail()}"
@@ -665,7 +661,7 @@ def test_malformed_input_fuzz(kafka_broker, tmp_path: Path) -> None:
     counts = Counter(s.event_id for s in got)
     assert sorted(counts) == sorted(txn_ids), "scored events differ from the good transactions"
     assert max(counts.values()) == 1, f"scored twice: {[k for k, c in counts.items() if c > 1][:5]}"
-    assert _metric(metrics, "supernova_scores_out_total") == len(txn_ids)
+    assert metric(metrics, "supernova_scores_out_total") == len(txn_ids)
     engine = Engine(spec)
     result = engine.process(good)
     want = dict(zip((e.event_id for e in result.scored), result.rows, strict=True))
@@ -677,5 +673,5 @@ def test_malformed_input_fuzz(kafka_broker, tmp_path: Path) -> None:
     assert not stray, f"{len(stray)} dead letters that were never sent as bad, e.g. {stray[:3]}"
     assert len(letters) == len(dead), f"DLQ holds {len(letters)}, sent {len(dead)} bad: {sent - landed}"
     assert not mismatched, f"{len(mismatched)} reasons do not fit their kind, e.g. {mismatched[:5]}"
-    assert _metric(metrics, "supernova_dlq_total") == len(dead)
-    assert _metric(metrics, "supernova_duplicates_total") == len(dups)
+    assert metric(metrics, "supernova_dlq_total") == len(dead)
+    assert metric(metrics, "supernova_duplicates_total") == len(dups)

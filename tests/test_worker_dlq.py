@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
-from streaming import SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.spec import load_spec
 from streams.kafka_io import partition_for
@@ -90,7 +90,4 @@ def test_malformed_events_land_in_dlq_and_good_ones_are_scored(kafka_broker, tmp
         reason = headers[DLQ_REASON].decode()
         assert re.search(pattern, reason), (pattern, reason)
         assert headers[DLQ_SOURCE].decode().startswith(t["events"] + "/0/")
-    dlq_metric = sum(
-        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("supernova_dlq_total")
-    )
-    assert dlq_metric == len(bad)
+    assert metric(metrics, "supernova_dlq_total") == len(bad)

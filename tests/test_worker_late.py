@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from streaming import SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import Event, EventCodec
@@ -183,9 +183,5 @@ def test_late_scored_too_late_and_far_future_dead_lettered(
         assert got[AHEAD_2D].late is False
         assert AFTER in rejected_late
         assert re.search(r"older than the entity's newest", reasons[AFTER])
-    assert _metric(metrics, "supernova_late_scored_total") == sum(flag for _, flag in want.values()) == 1
-    assert _metric(metrics, "supernova_dlq_total") == len(reasons)
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    assert metric(metrics, "supernova_late_scored_total") == sum(flag for _, flag in want.values()) == 1
+    assert metric(metrics, "supernova_dlq_total") == len(reasons)
