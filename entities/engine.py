@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
-from entities.events import Event, EventError, LateEventError
+from entities.events import Event, EventError
 from entities.features import FeaturePlan
 from entities.record import RecordCodec, SupernovaRecord
 from entities.spec import Spec
@@ -73,6 +73,3 @@ class Engine:
             elif rec.duplicates != dups:
                 out.duplicates += 1
         return out
-
-
-__all__ = ["BatchResult", "Engine", "LateEventError"]

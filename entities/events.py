@@ -19,7 +19,7 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
-from entities.spec import Fixed, Repeated, Spec
+from entities.spec import Fixed, Spec
 
 MAX_EVENT_BYTES = 64 * 1024
 # Year 1900 .. 9999 in epoch ms: catches seconds-vs-ms and garbage, allows history.
@@ -121,8 +121,6 @@ class EventCodec:
         self._wire = {w.__struct_config__.tag: w for w in wires}
         self._decoder = msgspec.json.Decoder(Union[tuple(wires)])  # type: ignore[arg-type]  # noqa: UP007
         self._encoder = msgspec.json.Encoder()
-        self.is_fixed = {t: isinstance(p, Fixed) for t, p in spec.event_types.items()}
-        self.repeated: dict[str, Repeated] = {r.event_type: r for r in spec.repeated.values()}
 
     def decode(self, data: bytes) -> Event:
         """Validate one JSON event; raise EventError naming the field and the reason."""

@@ -12,6 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 MAX_PRODUCER_BATCH = 1 << 20
+DEFAULT_PARTITIONS = 4  # of the topics the worker and the producer create
 
 # (key, value, headers, partition)
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]

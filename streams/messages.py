@@ -12,7 +12,7 @@ CL_BATCH_START = "supernova.batch_start"
 CL_BATCH_END = "supernova.batch_end"
 
 
-class Source(msgspec.Struct, array_like=False):
+class Source(msgspec.Struct):
     """Where an event was read from."""
 
     topic: str

@@ -13,12 +13,10 @@ from aiokafka.admin import NewTopic
 
 from entities.events import Event, EventCodec
 from entities.spec import load_spec_module
-from streams.kafka_io import MAX_PRODUCER_BATCH, ensure_topics, partition_for
+from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, ensure_topics, partition_for
 from streams.sources import Rejected, read_events
-from streams.worker import WorkerConfig
 
 CHUNK = 2000
-DEFAULT_PARTITIONS = WorkerConfig.partitions
 
 
 def file_events(

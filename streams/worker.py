@@ -42,7 +42,14 @@ from entities.record import RecordError, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams import messages as msg
-from streams.kafka_io import MAX_PRODUCER_BATCH, Message, ensure_topics, partition_for, send_batches
+from streams.kafka_io import (
+    DEFAULT_PARTITIONS,
+    MAX_PRODUCER_BATCH,
+    Message,
+    ensure_topics,
+    partition_for,
+    send_batches,
+)
 from streams.metrics import WorkerMetrics
 from streams.recovery import restore
 from streams.store import PartitionStore
@@ -60,7 +67,7 @@ class WorkerConfig:
     events_topic: str = "events"
     scores_topic: str = "scores"
     dlq_topic: str = "events.dlq"
-    partitions: int = 4
+    partitions: int = DEFAULT_PARTITIONS
     max_batch: int = 5000
     poll_timeout_ms: int = 100
     commit_interval_ms: int = 1000  # exactly-once: also the visibility delay of scores
@@ -129,7 +136,6 @@ class BatchWorker:
         self._persisting: asyncio.Future[None] | None = None
         self.last_checkpoint = time.monotonic()
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
-        self.scored_total = 0
         self._stopping = False
 
     @property
@@ -283,7 +289,6 @@ class BatchWorker:
             now = time.time()
             m.latency.observe_many(now - np.array([rec.timestamp for _, _, rec, _ in scored]) / 1000.0)
         m.scores_out.inc(len(scores))
-        self.scored_total += len(scores)
 
     def _decode(
         self, part: _Partition, records: list[Any], dead: list[Message]
