@@ -6,12 +6,14 @@ partition), run ``Engine.process`` (the same call as replay), one LightGBM predi
 for the whole poll, and send the scores and dead letters as producer batches. No
 per-event await, no per-event RocksDB write, no per-event changelog message.
 
-Every ``commit_interval`` the worker checkpoints: it waits until the scores sent so
-far are acknowledged, then writes each record changed since the last checkpoint
-once to the compacted changelog, then one RocksDB ``WriteBatch`` per partition
-with those records *and* the input offset they cover, then commits the consumer
-offsets. In exactly-once mode the span between checkpoints is one Kafka
-transaction (scores, dead letters, changelog and offsets).
+Every ``commit_interval`` the worker checkpoints: it copies each record changed
+since the last checkpoint (a few µs each), encodes the copies a slice per poll so
+that no poll waits for all of them, then, as a background task, waits until the
+scores sent so far are acknowledged, writes the records once to the compacted
+changelog, then one RocksDB ``WriteBatch`` per partition with those records *and*
+the input offset they cover, then commits the consumer offsets. In exactly-once
+mode the span between checkpoints is one Kafka transaction (scores, dead letters,
+changelog and offsets), persisted before the next poll.
 
 After a crash the worker resumes at the last checkpoint (or, from the changelog,
 at the start of the last checkpoint it logged) and applies the events since then
@@ -35,6 +37,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
+from rocksdict import WriteBatch
 
 from entities.engine import Engine
 from entities.events import Event, EventCodec, EventError
@@ -55,6 +58,8 @@ from streams.recovery import restore
 from streams.store import PartitionStore
 
 log = logging.getLogger(__name__)
+
+ENCODE_SLICE = 64  # records encoded per poll at least while a checkpoint is in progress
 
 
 @dataclass
@@ -111,7 +116,29 @@ class _Span:
     part: _Partition
     start: int
     end: int
-    changed: list[tuple[str, bytes]]
+    batch: WriteBatch  # the records for RocksDB, filled as they are encoded
+    changed: list[tuple[str, bytes]] = field(default_factory=list)  # the same, for the changelog
+
+
+@dataclass
+class _Checkpoint:
+    """A checkpoint's boundary: record copies still to encode, the sends to wait for."""
+
+    spans: list[_Span]
+    in_flight: list[Any]
+    todo: list[tuple[_Span, str, Any]]  # (span, entity id, RecordCodec.snapshot)
+    slice: int = 0
+
+    def encode(self, limit: int | None = None) -> bool:
+        """Encode up to ``limit`` record copies (all if None); True once none are left."""
+        todo = self.todo
+        n = len(todo) if limit is None else min(limit, len(todo))
+        for _ in range(n):
+            span, entity_id, snapshot = todo.pop()
+            data = span.part.engine.codec.encode_snapshot(snapshot)
+            span.changed.append((entity_id, data))
+            span.batch.put(entity_id.encode(), data)  # copied now: a slice at a time, too
+        return not todo
 
 
 class BatchWorker:
@@ -134,6 +161,8 @@ class BatchWorker:
         self.in_flight: list[Any] = []  # delivery futures since the last checkpoint
         self.in_transaction = False
         self._persisting: asyncio.Future[None] | None = None
+        self._encoding: _Checkpoint | None = None  # taken, its records not all encoded yet
+        self.changelog_producer: AIOKafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self._stopping = False
@@ -171,6 +200,19 @@ class BatchWorker:
             request_timeout_ms=60_000,
         )
         await self.producer.start()
+        if self.cfg.exactly_once:  # one transaction: scores, changelog and offsets together
+            self.changelog_producer = self.producer
+        else:  # its own connection: a checkpoint's megabytes never queue ahead of scores
+            self.changelog_producer = AIOKafkaProducer(
+                **common,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=MAX_PRODUCER_BATCH,
+                max_request_size=4 * MAX_PRODUCER_BATCH,
+                request_timeout_ms=60_000,
+            )
+            await self.changelog_producer.start()
         self.consumer = AIOKafkaConsumer(
             **common,
             group_id=self.cfg.group_id,
@@ -203,6 +245,8 @@ class BatchWorker:
                     log.error("final checkpoint failed (%s): the next start replays from the last one", exc)
                 await self.consumer.stop()
                 await self.producer.stop()
+                if self.changelog_producer not in (None, self.producer):
+                    await self.changelog_producer.stop()
             for part in self.parts.values():
                 part.store.close()
             self.parts.clear()
@@ -215,7 +259,7 @@ class BatchWorker:
         interval = self.cfg.commit_interval_ms / 1000
         while not (self._stopping or should_stop()):
             batches = await self.consumer.getmany(
-                timeout_ms=self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch
+                timeout_ms=0 if self._encoding else self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch
             )
             # getmany returns without suspending when records are buffered: yield once per
             # poll so the producer's sender and the fetcher run (else scores queue up).
@@ -223,7 +267,9 @@ class BatchWorker:
             async with self.lock:
                 if batches:
                     await self.process(batches)
-                if time.monotonic() - self.last_checkpoint >= interval and (
+                if self._encoding is not None:
+                    self._encode_slice()
+                elif time.monotonic() - self.last_checkpoint >= interval and (
                     self._persisting is None or self._persisting.done()
                 ):
                     await self.checkpoint(wait=False)
@@ -409,44 +455,61 @@ class BatchWorker:
     async def checkpoint(self, wait: bool = True) -> None:
         """Make everything processed so far durable: scores, then changelog, then store, then offsets.
 
-        The records are encoded here, at the checkpoint's boundary; the I/O runs as a
-        task while the loop goes on (``wait=False``), except in exactly-once mode,
-        where the next transaction may only start once this one is committed.
-        Checkpoints never overlap: a new one first waits for the previous one.
+        The boundary is taken here: the changed records are copied as they are now.
+        With ``wait=False`` the copies are encoded a slice per poll and the I/O runs
+        as a task while the loop goes on; in exactly-once mode, and with ``wait``,
+        all of it happens now (the next transaction may only start once this one is
+        committed). Checkpoints never overlap: a new one first finishes the previous.
         """
         if self._persisting is not None:
             await self._persisting
             self._persisting = None
+        if self._encoding is not None:
+            taken, self._encoding = self._encoding, None
+            taken.encode()
+            await self._persist(taken)
         self.last_checkpoint = time.monotonic()
-        snapshot = self._snapshot()
-        if snapshot is None:
+        boundary = self._take()
+        if boundary is None:
             return
         if wait or self.cfg.exactly_once:
-            await self._persist(*snapshot)
+            boundary.encode()
+            await self._persist(boundary)
         else:
-            self._persisting = asyncio.ensure_future(self._persist(*snapshot))
+            self._encoding = boundary
 
-    def _snapshot(self) -> tuple[list[_Span], list[Any]] | None:
-        """Encode the records changed since the last checkpoint; take the pending sends."""
+    def _take(self) -> _Checkpoint | None:
+        """Copy the records changed since the last checkpoint; take the pending sends."""
         spans = []
+        todo = []
         for part in self.parts.values():
             if part.position <= part.checkpointed:
                 continue
-            encode = part.engine.codec.encode
+            span = _Span(part, part.checkpointed, part.position, part.store.batch())
+            snapshot = part.engine.codec.snapshot
             records = part.engine.records
-            changed = [(eid, encode(records[eid])) for eid in part.dirty if eid in records]
+            todo += [(span, eid, snapshot(records[eid])) for eid in part.dirty if eid in records]
             part.dirty.clear()
-            spans.append(_Span(part, part.checkpointed, part.position, changed))
+            spans.append(span)
             part.checkpointed = part.position
         in_flight, self.in_flight = self.in_flight, []
         if not spans and not in_flight and not self.in_transaction:
             return None
-        return spans, in_flight
+        # Eight slices at most, however many records: a checkpoint ends within 8 polls.
+        return _Checkpoint(spans, in_flight, todo, slice=max(ENCODE_SLICE, -(-len(todo) // 8)))
 
-    async def _persist(self, spans: list[_Span], in_flight: list[Any]) -> None:
-        assert self.producer is not None and self.consumer is not None
+    def _encode_slice(self) -> None:
+        """Encode the next slice of the checkpoint in progress; persist it once complete."""
+        assert self._encoding is not None
+        if self._encoding.encode(self._encoding.slice):
+            taken, self._encoding = self._encoding, None
+            self._persisting = asyncio.ensure_future(self._persist(taken))
+
+    async def _persist(self, taken: _Checkpoint) -> None:
+        assert self.changelog_producer is not None and self.consumer is not None
         started = time.monotonic()
-        await asyncio.gather(*in_flight)  # scores first: a changelog entry means "done"
+        spans = taken.spans
+        await asyncio.gather(*taken.in_flight)  # scores first: a changelog entry means "done"
         await self._begin()
         deliveries = []
         for span in spans:
@@ -456,9 +519,12 @@ class BatchWorker:
                 (msg.CL_BATCH_END, str(span.end).encode()),
             ]
             cl = [(eid.encode(), data, headers, p) for eid, data in span.changed]
-            deliveries.append(await send_batches(self.producer, self.cfg.changelog_topic, cl, count=True))
+            deliveries.append(
+                await send_batches(self.changelog_producer, self.cfg.changelog_topic, cl, count=True)
+            )
         offsets = {span.part.tp: span.end for span in spans}
         if self.cfg.exactly_once:
+            assert self.producer is not None
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.cfg.group_id)
             await self.producer.commit_transaction()
@@ -468,7 +534,7 @@ class BatchWorker:
             part = span.part
             if acked:
                 part.changelog_next = max(base + n for base, n in acked)
-            part.store.commit(span.changed, span.end, part.changelog_next)
+            part.store.commit(span.batch, span.end, part.changelog_next)
             self._trim_cache(part)
         if offsets and not self.cfg.exactly_once:
             try:
