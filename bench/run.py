@@ -102,9 +102,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replay-model", action="store_true", help="also replay with the model (scores)")
     p.add_argument("--profile", type=Path, help="run the worker under cProfile, stats to this file")
     p.add_argument("--timing", type=Path, help="time the worker's batch steps, JSON to this file")
-    p.add_argument(
-        "--worker-experiment", default="", help="trial changes (bench/worker_entry.py EXPERIMENTS)"
-    )
     p.add_argument("--worker-args", default="", help="extra `supernova worker` options, e.g. '--no-features'")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="latest.json/png go here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, state) for a look")
@@ -198,7 +195,6 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "latency_load": args.latency_load,
             "phases": args.phases,
             "worker_args": args.worker_args,
-            "worker_experiment": args.worker_experiment,
             "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
             "naive_max_seconds": args.naive_max_seconds,
         },
@@ -307,8 +303,6 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
         profile = ["--profile", str(args.profile.resolve())] if args.profile else []
         if args.timing:
             profile += ["--timing", str(args.timing.resolve())]
-        if args.worker_experiment:
-            profile += ["--experiment", args.worker_experiment]
         worker_args += args.worker_args.split()
         cmd = python("-m", "bench.worker_entry", *profile, "--", *worker_args)
         child = Child("worker", cmd, work / "worker.log")

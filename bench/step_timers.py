@@ -108,11 +108,11 @@ def install(path: Path) -> StepTimers:
     t = StepTimers(path)
     process = worker_module.BatchWorker.process
 
-    async def counted(self: Any, tp: Any, records: list[Any]) -> None:
+    async def counted(self: Any, batches: dict[Any, list[Any]]) -> None:
         t.next_phase()
-        t.events += len(records)
+        t.events += sum(len(records) for records in batches.values())
         t.batches += 1
-        await process(self, tp, records)
+        await process(self, batches)
 
     worker_module.BatchWorker.process = counted  # type: ignore[method-assign]
     t.wrap(worker_module.BatchWorker, "process", "process (total)")
@@ -130,7 +130,8 @@ def install(path: Path) -> StepTimers:
     t.wrap(Scorer, "score", "predict")
     t.wrap(worker_module.BatchWorker, "_scores", "score messages (incl. predict)")
     t.wrap(RecordCodec, "encode", "record encode (changelog + store)")
-    t.wrap(worker_module.BatchWorker, "_send", "producer batches (append + send_batch)")
+    t.wrap(worker_module, "send_batches", "producer batches (append + send_batch)")
+    t.wrap(worker_module.BatchWorker, "checkpoint", "checkpoint snapshot (encode on the loop)")
     t.wrap(PartitionStore, "commit", "rocksdb write")
     _time_gc(t)
     gather = _timed_gather(t)
