@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from aiokafka.partitioner import murmur2
+from aiokafka import TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from rich.console import Console
 from rich.table import Table
@@ -31,12 +31,11 @@ from entities.events import EventCodec
 from entities.spec import load_spec
 from models.artifact import load
 from models.scorer import Scorer
-from streams import messages as msg
 from streams.kafka_io import partition_for
-from streams.metrics import WorkerMetrics
 from streams.produce import file_events
 from streams.sources import Rejected
 from streams.store import PartitionStore
+from streams.worker import BatchWorker, WorkerConfig, _Partition, tune_gc
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"
@@ -63,12 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     warm = len(mine) // 2
     engine = Engine(spec)
     engine.process(mine[:warm])
+    tune_gc()  # as the worker does once started
     timers: dict[str, float] = defaultdict(float)
     n = 0
-    names = spec.feature_names
-    metrics = WorkerMetrics()
     store_dir = Path("/tmp") / f"bench-micro-{time.time_ns()}"
     store = PartitionStore(store_dir)
+    # The worker's own score step, on a partition that is never started (no I/O).
+    worker = BatchWorker(WorkerConfig(partitions=args.partitions), spec, scorer)
+    bare = BatchWorker(WorkerConfig(partitions=args.partitions, include_features=False), spec, scorer)
+    part = _Partition(TopicPartition("events", 0), store, engine)
     try:
         for start in range(warm, len(mine), args.batch):
             keys_values = wire[start : start + args.batch]
@@ -76,26 +78,27 @@ def main(argv: list[str] | None = None) -> None:
             t: Any = _timed(timers)
             decoded = t("decode (msgspec + checks)", lambda kv=keys_values: _decode(codec, kv))
             result = t("engine: append + features", lambda d=decoded: engine.process(d))
-            matrix = t("rows -> numpy matrix", lambda r=result: np.array(r.rows, dtype=np.float64))
-            scored = t("predict (200 trees)", lambda m=matrix: scorer.score(m))
-            feats = t(
-                "features dict per score",
-                lambda r=result: [dict(zip(names, row, strict=True)) for row in r.rows],
+            scored = [
+                (part, ev, SimpleNamespace(key=ev.entity_id.encode(), offset=i), late)
+                for i, (ev, late) in enumerate(zip(result.scored, result.late, strict=True))
+            ]
+            messages = t(
+                "score messages (predict, build, encode)",
+                lambda s=scored, r=result: worker._scores(s, r.rows),
             )
-            t("score message + JSON encode", lambda r=result, s=scored, f=feats: _messages(r, s, f))
-            t("score message, no features", lambda r=result, s=scored: _messages(r, s, None))
-            t(
-                "murmur2 partition per score",
-                lambda r=result: [murmur2(e.entity_id.encode()) for e in r.scored],
+            matrix = np.array(result.rows, dtype=np.float64)
+            t("  of which predict (200 trees)", lambda m=matrix: scorer.score(m))
+            t("  the same without features", lambda s=scored, r=result: bare._scores(s, r.rows))
+            t("producer batch append", lambda v=[m[1] for m in messages]: _append(v))
+            snapshots = t(
+                "record copy at the checkpoint",
+                lambda r=result: [(eid, engine.codec.snapshot(engine.records[eid])) for eid in r.changed],
             )
-            values = [b"x" * 700] * len(result.scored)
-            t("producer batch append", lambda v=values: _append(v))
             changed = t(
-                "record encode (changed records)",
-                lambda r=result: [(eid, engine.codec.encode(engine.records[eid])) for eid in r.changed],
+                "record encode (a slice per poll)",
+                lambda s=snapshots: [(eid, engine.codec.encode_snapshot(x)) for eid, x in s],
             )
             t("rocksdb WriteBatch of changed", lambda c=changed, o=start: store.commit(c, o, o))
-            t("latency histogram observe", lambda r=result: _observe(metrics, len(r.scored)))
             timers["changed records"] += len(changed)
             timers["changelog bytes"] += sum(len(d) for _, d in changed)
     finally:
@@ -130,36 +133,6 @@ def _decode(codec: EventCodec, keys_values: list[tuple[bytes, bytes]]) -> list[A
             raise ValueError("key mismatch")
         out.append(event)
     return out
-
-
-def _messages(result: Any, scored: Any, feats: list[dict[str, Any]] | None) -> list[bytes]:
-    encode = msg.score_encoder.encode
-    source = SimpleNamespace(topic="events", partition=0)
-    return [
-        encode(
-            msg.ScoreMessage(
-                event_id=ev.event_id,
-                entity_id=ev.entity_id,
-                event_ts=ev.ts,
-                scored_at=0,
-                model=scored.model,
-                model_version=scored.version,
-                spec_hash="x" * 16,
-                score=float(scored.scores[i]),
-                source=msg.Source(source.topic, source.partition, i),
-                late=result.late[i],
-                features=None if feats is None else feats[i],
-                **scored.extra(i),
-            )
-        )
-        for i, ev in enumerate(result.scored)
-    ]
-
-
-def _observe(metrics: WorkerMetrics, n: int) -> None:
-    observe = metrics.latency.observe
-    for _ in range(n):
-        observe(0.01)
 
 
 def _append(values: list[bytes]) -> None:

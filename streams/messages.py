@@ -42,3 +42,15 @@ class ScoreMessage(msgspec.Struct, omit_defaults=True):
 
 score_encoder = msgspec.json.Encoder()
 score_decoder = msgspec.json.Decoder(ScoreMessage)
+
+
+def features_struct(feature_names: list[str]) -> type[msgspec.Struct]:
+    """A Struct whose instances encode like ``dict(zip(feature_names, row))``, twice as fast.
+
+    Built once per spec; ``Features(*row)`` is the ``features`` of a ScoreMessage
+    on the wire (the same JSON object, key order included). Fields are renamed so
+    that any feature name works, identifier or not.
+    """
+    fields = [(f"f{i}", float | None) for i in range(len(feature_names))]
+    rename = {f"f{i}": name for i, name in enumerate(feature_names)}
+    return msgspec.defstruct("Features", fields, rename=rename)
