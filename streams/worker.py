@@ -265,6 +265,7 @@ class BatchWorker:
             async with self.lock:
                 if batches:
                     await self.process(batches)
+                    await asyncio.sleep(0)  # the sender ships these scores before checkpoint work
                 if self._encoding is not None:
                     self._encode_slice()
                 elif time.monotonic() - self.last_checkpoint >= interval and (

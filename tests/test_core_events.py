@@ -275,6 +275,24 @@ def test_record_round_trip_keeps_everything(spec: Spec) -> None:
     assert records.encode(back) == data
 
 
+def test_snapshot_encodes_the_record_as_it_was_when_taken(spec: Spec) -> None:
+    engine, codec = _history(spec)
+    records = RecordCodec(spec)
+    rec = engine.records["card"]
+    before = records.encode(rec)
+    snapshot = records.snapshot(rec)
+    hour = 3_600_000
+    more = [  # appends, a profile change, a duplicate: every kind of in-place change
+        _txn_event(codec, 6, TS_MS + 31 * hour, 5.0),
+        codec.decode(wire({**profile(city="Aiken"), "entity_id": "card", "event_id": "p-3"})),
+        _txn_event(codec, 6, TS_MS + 31 * hour, 5.0),
+        _txn_event(codec, 7, TS_MS + 60 * 24 * hour, 9.0),  # a month later: retention drops items
+    ]
+    assert not engine.process(more).rejected
+    assert records.encode(rec) != before
+    assert records.encode_snapshot(snapshot) == before
+
+
 def _close(a: float, b: float) -> bool:
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
