@@ -7,6 +7,8 @@ Every ``add``/``remove`` has an inline twin (``emit_add``/``emit_remove``): the 
 statements as Python source, which the compiled feature plan pastes into its hot
 path instead of calling the method. The two must stay in step, operation for
 operation, so that both paths give bit-identical state; keep them side by side.
+The plan emits an aggregator's ``emit_add`` before its ``emit_remove``, so the
+latter may use the locals the former binds.
 """
 
 from __future__ import annotations
@@ -23,17 +25,20 @@ Item = tuple[Any, ...]
 _ILL_CONDITIONED = 1e-3
 
 
-def neumaier(total: str, comp: str, x: str) -> list[str]:
+def neumaier(total: str, comp: str, x: str, nonnegative: bool = False) -> list[str]:
     """Source of one Neumaier step: ``total += x`` with its rounding error into ``comp``.
 
     ``abs(a) >= abs(b)`` is spelled out as conditionals (no calls, same branch for
     every float including -0.0 and NaN): the hot path runs this a dozen times an event.
+    With ``nonnegative`` (sums of squares: both operands >= 0 or NaN) the comparison
+    needs no signs at all. A ``total`` that is a plain local is used in place.
     """
+    s = total if total.isidentifier() else "_s"
+    abs_s, abs_x = (s, x) if nonnegative else (f"({v} if {v} >= 0.0 else -{v})" for v in (s, x))
     return [
-        f"_s = {total}",
-        f"_t = _s + {x}",
-        f"{comp} += (_s - _t) + {x} if (_s if _s >= 0.0 else -_s) >= ({x} if {x} >= 0.0 else -{x}) "
-        f"else ({x} - _t) + _s",
+        *([] if s == total else [f"_s = {total}"]),
+        f"_t = {s} + {x}",
+        f"{comp} += ({s} - _t) + {x} if {abs_s} >= {abs_x} else ({x} - _t) + {s}",
         f"{total} = _t",
     ]
 
@@ -217,19 +222,20 @@ class Extreme:
             self.dq.popleft()
 
     def emit_add(self, var: str, item: str) -> list[str]:
-        """Inline source of ``var.add(item)``."""
-        i, op = self.idx, "<=" if self.largest else ">="
+        """Inline source of ``var.add(item)``; binds ``{var}q``, the deque, for ``emit_remove``."""
+        i, op, dq = self.idx, "<=" if self.largest else ">=", f"{var}q"
         return [
-            f"_dq = {var}.dq",
+            f"{dq} = {var}.dq",
             f"_v = {item}[{i}]",
-            f"while _dq and _dq[-1][{i}] {op} _v:",
-            "    _dq.pop()",
-            f"_dq.append({item})",
+            f"while {dq} and {dq}[-1][{i}] {op} _v:",
+            f"    {dq}.pop()",
+            f"{dq}.append({item})",
         ]
 
     def emit_remove(self, var: str, item: str) -> list[str]:
-        """Inline source of ``var.remove(item)``."""
-        return [f"_dq = {var}.dq", f"if _dq and _dq[0] is {item}:", "    _dq.popleft()"]
+        """Inline source of ``var.remove(item)`` (after ``emit_add`` of the same ``var``)."""
+        dq = f"{var}q"
+        return [f"if {dq} and {dq}[0] is {item}:", f"    {dq}.popleft()"]
 
     def __len__(self) -> int:
         return len(self.dq)
@@ -263,19 +269,20 @@ class Counter:
             del self.counts[k]
 
     def emit_add(self, var: str, item: str) -> list[str]:
-        """Inline source of ``var.add(item)``."""
-        return [f"_c = {var}.counts", f"_k = {item}[{self.idx}]", "_c[_k] = _c.get(_k, 0) + 1"]
+        """Inline source of ``var.add(item)``; binds ``{var}c``, the counts, for ``emit_remove``."""
+        c = f"{var}c"
+        return [f"{c} = {var}.counts", f"_k = {item}[{self.idx}]", f"{c}[_k] = {c}.get(_k, 0) + 1"]
 
     def emit_remove(self, var: str, item: str) -> list[str]:
-        """Inline source of ``var.remove(item)``."""
+        """Inline source of ``var.remove(item)`` (after ``emit_add`` of the same ``var``)."""
+        c = f"{var}c"
         return [
-            f"_c = {var}.counts",
             f"_k = {item}[{self.idx}]",
-            "_n = _c[_k] - 1",
+            f"_n = {c}[_k] - 1",
             "if _n:",
-            "    _c[_k] = _n",
+            f"    {c}[_k] = _n",
             "else:",
-            "    del _c[_k]",
+            f"    del {c}[_k]",
         ]
 
     def __len__(self) -> int:

@@ -55,11 +55,11 @@ class Engine:
         changed, scored, rows, late = out.changed.add, out.scored.append, out.rows.append, out.late.append
         for event in events:
             entity_id = event.entity_id
-            rec = records.get(entity_id)
-            if rec is None:
+            try:
+                rec = records[entity_id]
+            except KeyError:
                 rec = self.record(entity_id)
             dups = rec.duplicates
-            last = rec.last_ts.get(scored_name)
             try:
                 row = apply(rec, event)
             except EventError as err:
@@ -69,7 +69,8 @@ class Engine:
             if row is not None:
                 scored(event)
                 rows(row)
-                late(last is not None and event.ts < last)
+                # A scored event becomes its entity's newest unless it was late.
+                late(rec.last_ts[scored_name] != event.ts)
             elif rec.duplicates != dups:
                 out.duplicates += 1
         return out

@@ -26,11 +26,15 @@ out as Python source specialised to the spec - windows unrolled, aggregator upda
 inlined (see ``emit_add`` in :mod:`entities.aggregators`), one expression per
 feature - and compiles that once. ``FeaturePlan.source`` shows the generated code;
 tracebacks point into it. Rare paths (late events, records loaded without window
-state, profile events) stay ordinary methods.
+state, profile events) stay ordinary methods. A derived function that never reads
+its event argument depends on the fixed attributes only: its value is kept with the
+window state and computed again only after a profile event (see ``_reads_event``).
 """
 
 from __future__ import annotations
 
+import dis
+import inspect
 import keyword
 import linecache
 import math
@@ -38,7 +42,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 
@@ -94,15 +98,18 @@ class _Windows:
     a difference of two entries and items leaving a window cost nothing.
     ``fresh`` counts entries appended since the prefixes were last computed from
     the items; they are recomputed every REBASE_EVERY appends so that their values,
-    and their rounding, stay of the size of the retained items.
+    and their rounding, stay of the size of the retained items. ``fixed_row``: the
+    values of the derived features that read only the fixed attributes (None until
+    computed, and again after the fixed attributes change).
     """
 
-    __slots__ = ("fresh", "groups", "prefixes")
+    __slots__ = ("fixed_row", "fresh", "groups", "prefixes")
 
     def __init__(self, groups: list[_Group], prefixes: list[list[tuple[float, ...]]]) -> None:
         self.groups = groups
         self.prefixes = prefixes
         self.fresh = 0
+        self.fixed_row: tuple[float, ...] | None = None
 
 
 REBASE_EVERY = 4096
@@ -201,7 +208,7 @@ class _RowCode:
     """
 
     def __init__(self) -> None:
-        self.setup: list[str] = []
+        self.setup: list[tuple[str, list[str]]] = []  # (local set, lines that set it)
         self.exprs: list[str] = []
         self._done: set[str] = set()
 
@@ -209,8 +216,12 @@ class _RowCode:
         """Emit ``lines`` (which set local ``name``) unless already emitted; return ``name``."""
         if name not in self._done:
             self._done.add(name)
-            self.setup.extend(lines)
+            self.setup.append((name, lines))
         return name
+
+    def setup_lines(self, bound: set[str]) -> list[str]:
+        """The set-up lines, less those of the locals in ``bound`` (set by the caller)."""
+        return [line for name, lines in self.setup if name not in bound for line in lines]
 
 
 # Features that need the squares of a field (the rest of its window family needs sums).
@@ -237,8 +248,11 @@ class FeaturePlan:
             if isinstance(f, Window) and f.agg.kind in _SQUARES
         }
         row = _RowCode()
+        self._fixed_calls: list[str] = []  # derived features that read only the fixed attributes
         for f in spec.features:
             row.exprs.append(self._compile(f, row))
+        if self._fixed_calls:
+            row.once("_fd", [f"_fd = {_tuple_of(self._fixed_calls)}"])
         self.source = self._generate(row)
         filename = f"<supernova plan {spec.name or spec.entity} {spec.hash()}>"
         linecache.cache[filename] = (len(self.source), None, self.source.splitlines(True), filename)
@@ -275,32 +289,42 @@ class FeaturePlan:
     def _compile(self, f: Any, row: _RowCode) -> str:
         scored = self.scored
         if isinstance(f, Current):
-            return f"float(item[{scored.index[f.field]}])"
+            return _as_float(f"item[{scored.index[f.field]}]", scored.rep.fields[f.field])
         if isinstance(f, Derived):
-            return f"float({self._name('derived', f.fn)}(event, fixed))"
+            call = f"float({self._name('derived', f.fn)}(event, fixed))"
+            if _reads_event(f.fn):
+                return call
+            self._fixed_calls.append(call)
+            return f"_fd[{len(self._fixed_calls) - 1}]"
         if isinstance(f, TimeSincePrevious):
             if self.repeated[f.repeated] is not scored:
                 raise EventError("spec", f"{f.name}: time since previous needs the scored attribute")
             return "(NAN if prev is None else (item[0] - prev) / 1000.0)"
         if isinstance(f, Lifetime):
-            return self._compile_lifetime(f)
+            return self._compile_lifetime(f, row)
         assert isinstance(f, Window)
         return self._compile_window(f, row)
 
-    def _compile_lifetime(self, f: Lifetime) -> str:
+    def _compile_lifetime(self, f: Lifetime, row: _RowCode) -> str:
         rp = self.repeated[f.repeated]
         if rp is not self.scored:
             raise EventError("spec", f"{f.name}: lifetime features need the scored attribute")
         kind, fld = f.agg.kind, f.agg.field
-        if fld is not None and fld not in rp.lifetime_fields:
-            rp.lifetime_fields.append(fld)
+        # Locals that the hot path's lifetime update has set already (see _emit_lifetime).
+        count = "_ln[0]"  # a float
+        if kind in ("count", "mean"):
+            row.once("_ln", ["_ln = stats['']"])
         if kind == "count":
-            return "float(stats[''][0])"
-        st = f"stats[{fld!r}]"
+            return count
+        assert fld is not None  # the other kinds aggregate a field
+        if fld not in rp.lifetime_fields:
+            rp.lifetime_fields.append(fld)
+        k = rp.lifetime_fields.index(fld)
+        st = row.once(f"_lt{k}", [f"_lt{k} = stats[{fld!r}]"])  # [sum, compensation, min, max]
         if kind == "sum":
             return f"({st}[0] + {st}[1])"
         if kind == "mean":
-            return f"(({st}[0] + {st}[1]) / stats[''][0])"
+            return f"(({st}[0] + {st}[1]) / {count})"
         return f"{st}[{2 if kind == 'min' else 3}]"
 
     def _compile_window(self, f: Window, row: _RowCode) -> str:
@@ -316,7 +340,7 @@ class FeaturePlan:
         if kind == "count":
             # Count of items equal to the current one in the filter field.
             g, a = rp.agg_slot(f.length, _AggKey("counter", where, None))  # type: ignore[arg-type]
-            return f"float(a{g}_{a}.counts.get(item[{where}], 0))"
+            return f"float(a{g}_{a}.counts[item[{where}]])"  # the window holds the current item
         if kind in _SUMS and where is None:
             return self._compile_prefix(f, rp, idx, row)
         if kind in _SUMS:
@@ -370,10 +394,11 @@ class FeaturePlan:
         kind = f.agg.kind
         j = rp.prefix_slot(idx, (f.repeated, f.agg.field, None, None) in self._squares)
         g = rp.group(f.length)
-        # The prefix entry after the newest item, and the one before the window's first.
-        pn = row.once(f"_pn{j}", [f"_pn{j} = _P{j}[-1]"])
+        # The prefix entry after the newest item (as locals), and the one before the window's first.
+        newest = _prefix_locals(j, rp.prefix_squares[j])
+        row.once(f"_pn{j}", [f"{', '.join(newest)} = _P{j}[-1]"])
         pl = row.once(f"_pl{j}_{g}", [f"_pl{j}_{g} = _P{j}[lo{g}]"])
-        total = row.once(f"sum{j}_{g}", _difference(f"sum{j}_{g}", pn, pl, 0))
+        total = row.once(f"sum{j}_{g}", _difference(f"sum{j}_{g}", newest[0], newest[1], pl, 0))
         size = row.once("_len", ["_len = len(items)"])
         n = f"({size} - lo{g})"  # never 0: the window holds the current item
         if kind == "sum":
@@ -388,7 +413,7 @@ class FeaturePlan:
                 "if _n <= 1:",
                 f"    sd{j}_{g} = 0.0 if _n == 1 else NAN",
                 "else:",
-                *(f"    {line}" for line in _difference("_q", pn, pl, 2)),
+                *(f"    {line}" for line in _difference("_q", newest[2], newest[3], pl, 2)),
                 f"    _c = _q - {total} * {total} / _n",
                 f"    if _c > {_ILL_CONDITIONED!r} * _q:",
                 f"        sd{j}_{g} = sqrt(_c / _n)",
@@ -414,7 +439,6 @@ class FeaturePlan:
             exact_centred=exact_centred,
             astuple=msgspec.structs.astuple,
             EventError=EventError,
-            late_error=_late_error,
             plan=self,
             bisect_right=bisect_right,
             _ts=_ts,
@@ -431,8 +455,8 @@ class FeaturePlan:
             for g in range(len(rp.lengths)):
                 src(f"lo{g} = groups[{g}].lo")
                 if rp.agg_keys[g]:
-                    src(f"{_targets(g, len(rp.agg_keys[g]))} = groups[{g}].aggs")
-            self._emit_row(src, row)
+                    src(f"{_targets(f'a{g}_', len(rp.agg_keys[g]))} = groups[{g}].aggs")
+            self._emit_row(src, row, set())
             src("return row")
         for i, rp in enumerate(self.repeated.values()):
             src("")
@@ -460,46 +484,53 @@ class FeaturePlan:
             src('raise EventError("type", f"unknown event type {type_!r}")')
         return src.text()
 
-    def _emit_row(self, src: _Source, row: _RowCode) -> None:
-        src(*row.setup)
+    def _emit_row(self, src: _Source, row: _RowCode, bound: set[str]) -> None:
+        src(*row.setup_lines(bound))
         src("row = [")
         src(*(f"    {expr},  # {name}" for expr, name in zip(row.exprs, self.feature_names, strict=True)))
         src("]")
 
     def _emit_lifetime(self, src: _Source, rp: _RepeatedPlan) -> None:
-        """Source of the lifetime update (the count, then sum/min/max per field)."""
+        """Source of the lifetime update (the count, then sum/min/max per field).
+
+        It leaves the count in ``_ln`` and the aggregates of each field in ``_lt{k}``,
+        where the feature row reads them.
+        """
         src(
-            "_n = stats.get('')",
-            "if _n is None:",
-            "    stats[''] = [1.0]",
-            "else:",
-            "    _n[0] += 1.0",
+            "try:",
+            "    _ln = stats['']",
+            "    _ln[0] += 1.0",
+            "except KeyError:  # the first item",
+            "    _ln = stats[''] = [1.0]",
         )
-        for fld in rp.lifetime_fields:
+        for k, fld in enumerate(rp.lifetime_fields):
+            st = f"_lt{k}"
             src(
-                f"_x = float(item[{rp.index[fld]}])",
-                f"_st = stats.get({fld!r})",
-                "if _st is None:",
-                f"    stats[{fld!r}] = [_x, 0.0, _x, _x]",
+                f"_x = {_as_float(f'item[{rp.index[fld]}]', rp.rep.fields[fld])}",
+                "try:",
+                f"    {st} = stats[{fld!r}]",
+                "except KeyError:  # the first item",
+                f"    {st} = stats[{fld!r}] = [_x, 0.0, _x, _x]",
                 "else:",
-                *(f"    {line}" for line in neumaier("_st[0]", "_st[1]", "_x")),
-                "    if _x < _st[2]:",
-                "        _st[2] = _x",
-                "    if _x > _st[3]:",
-                "        _st[3] = _x",
+                *(f"    {line}" for line in neumaier(f"{st}[0]", f"{st}[1]", "_x")),
+                f"    if _x < {st}[2]:",
+                f"        {st}[2] = _x",
+                f"    if _x > {st}[3]:",
+                f"        {st}[3] = _x",
             )
 
     def _emit_prefix_append(self, src: _Source, rp: _RepeatedPlan) -> None:
-        """Source appending ``item`` to the prefix sums ``_P{j}`` (Neumaier-compensated)."""
+        """Source appending ``item`` to the prefix sums ``_P{j}`` (Neumaier-compensated).
+
+        The new entry stays in locals (``_prefix_locals``), where the feature row reads it.
+        """
         for j, (idx, squares) in enumerate(zip(rp.prefix_fields, rp.prefix_squares, strict=True)):
-            src(f"_p = _P{j}[-1]", f"_x = item[{idx}]", "_ps = _p[0]", "_pc = _p[1]")
-            src(*neumaier("_ps", "_pc", "_x"))
-            if squares:
-                src("_x2 = _x * _x", "_pq = _p[2]", "_pcq = _p[3]")
-                src(*neumaier("_pq", "_pcq", "_x2"))
-                src(f"_P{j}.append((_ps, _pc, _pq, _pcq))")
-            else:
-                src(f"_P{j}.append((_ps, _pc))")
+            names = _prefix_locals(j, squares)
+            src(f"{', '.join(names)} = _P{j}[-1]", f"_x = item[{idx}]")
+            src(*neumaier(names[0], names[1], "_x"))
+            if squares:  # a sum of squares never goes negative: a cheaper step, same result
+                src("_x2 = _x * _x", *neumaier(names[2], names[3], "_x2", nonnegative=True))
+            src(f"_P{j}.append(({', '.join(names)}))")
 
     def _emit_apply(self, src: _Source, rp: _RepeatedPlan, rp_var: str, row: _RowCode) -> None:
         """Source of ``apply`` for one repeated attribute; the in-order path inline."""
@@ -512,47 +543,58 @@ class FeaturePlan:
             "    return None",
             "ts = event.ts",
             "last_ts = record.last_ts",
-            f"last = last_ts.get({name})",
-            f"if last is not None and ts < last - {rp.allowed_lateness}:",
-            f"    raise late_error({rp_var}, last, ts)",
+            "try:",
+            f"    prev = last_ts[{name}]",
+            "except KeyError:  # the first item",
+            "    prev = None",
+            "else:",
+            "    if ts < prev:",
+            f"        return plan._apply_late(record, {rp_var}, event)",
             "_a = event.attrs",
             f"item = (ts, eid, {_fields_of('_a', rp)})",
-            "windows = record.windows",
-            f"state = None if windows is None else windows.get({name})",
-            "if state is None:",
+            "try:",
+            f"    state = record.windows[{name}]",
+            "except (KeyError, TypeError):  # no window state yet (windows is None on a new record)",
             f"    state = plan._state(record, {rp_var})",
             "ids.add(eid)",
-            "if last is not None and ts < last:",
-            f"    return plan._apply_late(record, {rp_var}, event, item, state)",
             f"items = record.items[{name}]",
             "items.append(item)",
             f"last_ts[{name}] = ts",
-            "groups = state.groups",
         )
+        if rp.lengths:
+            src(f"{_targets('g', len(rp.lengths))} = state.groups")
         if rp.prefix_fields:
             src(*(f"_P{j} = state.prefixes[{j}]" for j in range(len(rp.prefix_fields))))
             self._emit_prefix_append(src, rp)
         for g, length in enumerate(rp.lengths):
             aggs = [_make_agg(k) for k in rp.agg_keys[g]]
             names = [f"a{g}_{k}" for k in range(len(aggs))]
-            src(f"# window (ts - {length}, ts]", f"_g = groups[{g}]")
+            src(f"# window (ts - {length}, ts]")
             if aggs:
-                src(f"{_targets(g, len(aggs))} = _g.aggs")
+                src(f"{_targets(f'a{g}_', len(aggs))} = g{g}.aggs")
             for agg, var in zip(aggs, names, strict=True):
                 src(*agg.emit_add(var, "item"))
-            src(f"lo{g} = _g.lo", f"_cut = ts - {length}")
+            src(f"lo{g} = g{g}.lo", f"_cut = ts - {length}")
             with src.block(f"while items[lo{g}][0] <= _cut:"):
                 if aggs:
                     src(f"_old = items[lo{g}]")
                 for agg, var in zip(aggs, names, strict=True):
                     src(*agg.emit_remove(var, "_old"))
                 src(f"lo{g} += 1")
-            src(f"_g.lo = lo{g}")
+            src(f"g{g}.lo = lo{g}")
         src(f"stats = record.lifetime[{name}]")
         self._emit_lifetime(src, rp)
         if rp is self.scored:
-            src("prev = last", "fixed = record.fixed")
-            self._emit_row(src, row)
+            src("fixed = record.fixed")
+            if self._fixed_calls:
+                src(
+                    "_fd = state.fixed_row",
+                    "if _fd is None:  # features of the fixed attributes only: once per change of them",
+                    f"    _fd = state.fixed_row = {_tuple_of(self._fixed_calls)}",
+                )
+            # Set above: the newest prefix entries and the lifetime aggregates.
+            bound = {"_fd", "_ln", *(f"_pn{j}" for j in range(len(rp.prefix_fields)))}
+            self._emit_row(src, row, bound | {f"_lt{k}" for k in range(len(rp.lifetime_fields))})
         else:
             src("row = None")
         src(
@@ -573,7 +615,7 @@ class FeaturePlan:
             f"    if {inside}:  # a window still holds dropped items",
             "        plan._drop_oldest(ids, items, state, _k)",
             "    else:",
-            *(f"        groups[{g}].lo = lo{g} - _k" for g in range(len(rp.lengths))),
+            *(f"        g{g}.lo = lo{g} - _k" for g in range(len(rp.lengths))),
             *(f"        del _P{j}[:_k]" for j in range(len(rp.prefix_fields))),
             "        for _old in items[:_k]:",
             "            ids.discard(_old[1])",
@@ -620,12 +662,20 @@ class FeaturePlan:
 
     # --- the rare paths ---------------------------------------------------------------
 
-    def _apply_late(
-        self, record: SupernovaRecord, rp: _RepeatedPlan, event: Event, item: Item, state: _Windows
-    ) -> list[float] | None:
-        """A late event: insert it in ts order, features over its own window slice."""
+    def _apply_late(self, record: SupernovaRecord, rp: _RepeatedPlan, event: Event) -> list[float] | None:
+        """A late event (older than the entity's newest, not a duplicate).
+
+        Beyond the allowed lateness it raises LateEventError and changes nothing; else
+        it is inserted in ts order and its features computed over its own window slice.
+        """
+        ts = event.ts
+        last = record.last_ts[rp.name]
+        if ts < last - rp.allowed_lateness:
+            raise _late_error(rp, last, ts)
+        item = (ts, event.event_id, *msgspec.structs.astuple(event.attrs))
+        state = self._state(record, rp)
+        record.ids[rp.name].add(event.event_id)
         items = record.items[rp.name]
-        ts = item[0]
         pos = bisect_right(items, ts, key=_ts)
         items.insert(pos, item)
         prev = items[pos - 1][0] if pos else None
@@ -651,6 +701,8 @@ class FeaturePlan:
         for k, v in msgspec.structs.asdict(event.attrs).items():
             if v is not msgspec.UNSET:
                 record.fixed[k] = v
+        for state in (record.windows or {}).values():
+            state.fixed_row = None  # computed again from the new fixed attributes
 
     def _retain(self, record: SupernovaRecord, rp: _RepeatedPlan, state: _Windows) -> None:
         items = record.items[rp.name]
@@ -678,19 +730,50 @@ class FeaturePlan:
         del items[:k]
 
 
-def _difference(target: str, after: str, before: str, k: int) -> list[str]:
-    """Source of ``target`` = the sum between two prefix entries (fields ``k``, ``k + 1``).
+def _difference(target: str, hi: str, hi_comp: str, before: str, k: int) -> list[str]:
+    """Source of ``target`` = the sum between two prefix entries: the newest one as the
+    locals ``hi``, ``hi_comp`` and fields ``k``, ``k + 1`` of ``before``.
 
     The running sums are subtracted exactly (TwoSum: their rounding error is kept)
     and added to the difference of the compensations, so the window's sum comes out
     correctly rounded in all but near-tie cases - as a sum kept per window would.
     """
-    hi, lo = f"{after}[{k}]", f"{before}[{k}]"
+    lo = f"{before}[{k}]"
     return [
         f"_d = {hi} - {lo}",
         f"_e = _d - {hi}",
-        f"{target} = _d + (({after}[{k + 1}] - {before}[{k + 1}]) + (({hi} - (_d - _e)) - ({lo} + _e)))",
+        f"{target} = _d + (({hi_comp} - {before}[{k + 1}]) + (({hi} - (_d - _e)) - ({lo} + _e)))",
     ]
+
+
+def _prefix_locals(j: int, squares: bool) -> list[str]:
+    """Locals of the newest prefix entry of summed field ``j``: sum, compensation[, squares, compensation]."""
+    return [f"_ps{j}", f"_pc{j}", *([f"_pq{j}", f"_pcq{j}"] if squares else [])]
+
+
+def _as_float(value: str, field_type: Any) -> str:
+    """Source of ``float(value)``; just ``value`` for a float field (the codec made it one)."""
+    if get_origin(field_type) is Annotated:
+        field_type = get_args(field_type)[0]
+    return value if field_type is float else f"float({value})"
+
+
+def _reads_event(fn: Callable[..., Any]) -> bool:
+    """Whether a derived function may read its event argument.
+
+    A plain function that never loads its first parameter depends on the fixed
+    attributes only (derived functions are pure), so the plan computes it once per
+    change of the fixed attributes instead of once per event.
+    """
+    if not inspect.isfunction(fn):
+        return True
+    code = fn.__code__
+    if code.co_argcount < 1 or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return True
+    name = code.co_varnames[0]
+    if name in code.co_cellvars:  # read by a nested function
+        return True
+    return any(ins.opcode in dis.haslocal and ins.argval == name for ins in dis.get_instructions(code))
 
 
 def _fields_of(attrs: str, rp: _RepeatedPlan) -> str:
@@ -701,9 +784,14 @@ def _fields_of(attrs: str, rp: _RepeatedPlan) -> str:
     return f"*astuple({attrs})"
 
 
-def _targets(g: int, n: int) -> str:
-    """Assignment targets ``a{g}_0, a{g}_1, ...`` for the aggregators of group ``g``."""
-    names = ", ".join(f"a{g}_{k}" for k in range(n))
+def _tuple_of(exprs: list[str]) -> str:
+    """Source of a tuple display of ``exprs``."""
+    return f"({exprs[0]},)" if len(exprs) == 1 else f"({', '.join(exprs)})"
+
+
+def _targets(prefix: str, n: int) -> str:
+    """Assignment targets ``{prefix}0, {prefix}1, ...`` unpacking a sequence of ``n``."""
+    names = ", ".join(f"{prefix}{k}" for k in range(n))
     return names if n > 1 else f"({names},)"
 
 
