@@ -257,7 +257,8 @@ class BatchWorker:
         interval = self.cfg.commit_interval_ms / 1000
         while not (self._stopping or should_stop()):
             batches = await self.consumer.getmany(
-                timeout_ms=0 if self._encoding else self.cfg.poll_timeout_ms, max_records=self.cfg.max_batch
+                timeout_ms=0 if self._encoding is not None else self.cfg.poll_timeout_ms,
+                max_records=self.cfg.max_batch,
             )
             # getmany returns without suspending when records are buffered: yield once per
             # poll so the producer's sender and the fetcher run (else scores queue up).
