@@ -190,30 +190,21 @@ class BatchWorker:
         ]
         await ensure_topics(self.cfg.bootstrap, topics, self.cfg.kafka)
         common = {"bootstrap_servers": self.cfg.bootstrap, **self.cfg.kafka}
-        eos = {"transactional_id": self.transactional_id} if self.cfg.exactly_once else {}
-        self.producer = AIOKafkaProducer(
+        producer = {
             **common,
-            **eos,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=1,
-            max_batch_size=MAX_PRODUCER_BATCH,
-            max_request_size=4 * MAX_PRODUCER_BATCH,
-            request_timeout_ms=60_000,
-        )
+            "acks": "all",
+            "enable_idempotence": True,
+            "max_batch_size": MAX_PRODUCER_BATCH,
+            "max_request_size": 4 * MAX_PRODUCER_BATCH,
+            "request_timeout_ms": 60_000,
+        }
+        eos = {"transactional_id": self.transactional_id} if self.cfg.exactly_once else {}
+        self.producer = AIOKafkaProducer(**producer, **eos, linger_ms=1)
         await self.producer.start()
         if self.cfg.exactly_once:  # one transaction: scores, changelog and offsets together
             self.changelog_producer = self.producer
         else:  # its own connection: a checkpoint's megabytes never queue ahead of scores
-            self.changelog_producer = AIOKafkaProducer(
-                **common,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                max_batch_size=MAX_PRODUCER_BATCH,
-                max_request_size=4 * MAX_PRODUCER_BATCH,
-                request_timeout_ms=60_000,
-            )
+            self.changelog_producer = AIOKafkaProducer(**producer, linger_ms=5)
             await self.changelog_producer.start()
         self.consumer = AIOKafkaConsumer(
             **common,
