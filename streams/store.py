@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 _INPUT_OFFSET = b"\x00input_offset"
 _CHANGELOG_OFFSET = b"\x00changelog_offset"
 _QUARANTINE = b"\x00quarantine\x00"
+WRITE_BUFFER_BYTES = 8 << 20
 
 
 class PartitionStore:
@@ -35,7 +36,12 @@ class PartitionStore:
         self.path = path
         self.existed = path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = Rdict(str(path), Options(raw_mode=True))
+        options = Options(raw_mode=True)
+        # Every checkpoint rewrites whole hot records: 64 MB memtables (the default) would
+        # hold many copies of each in memory. 8 MB ones flush sooner, in RocksDB's own
+        # threads, and also bound what a crash leaves to restore from the changelog.
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        self.db = Rdict(str(path), options)
         no_wal = WriteOptions()
         no_wal.disable_wal = True  # type: ignore[assignment,method-assign]  # a property; the stub says method
         self.db.set_write_options(no_wal)
