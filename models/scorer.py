@@ -25,6 +25,11 @@ class Scored:
     shadow_scores: np.ndarray | None = None
     explanations: list[dict[str, float]] | None = None
 
+    @property
+    def has_extra(self) -> bool:
+        """Whether ``extra`` can be non-empty (a shadow model or explanations)."""
+        return self.shadow is not None or self.explanations is not None
+
     def extra(self, i: int) -> dict[str, Any]:
         """Optional score-message fields of row i (shadow score, explanation)."""
         out: dict[str, Any] = {}

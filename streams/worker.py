@@ -403,7 +403,7 @@ class BatchWorker:
         result = self.scorer.score(matrix.reshape(n, -1))
         now_ms = int(time.time() * 1000)
         features = self._features if self.cfg.include_features else None
-        extras = result.shadow is not None or result.explanations is not None
+        extras = result.has_extra
         encode = msg.score_encoder.encode
         score_message, source = msg.ScoreMessage, msg.Source
         model, version, spec_hash = result.model, result.version, self.spec_hash
