@@ -2,9 +2,11 @@
 
     python -m bench.timing_report FILE.json [FILE.json ...]
 
-Steps nest: "score messages" includes "predict"; "process (total)" includes all but
-"poll" and "gc" (gc time is inside whichever step allocated). "other in process" is
-the part of ``process`` outside every timed step.
+Steps nest: "score messages" includes "predict"; "process (total)" includes decode,
+record load, engine and score messages, and the producer batches of scores (those of
+the changelog are sent by the checkpoint task, as are delivery waits, RocksDB writes
+and commits). gc time is inside whichever step allocated. "other in process" is
+``process`` less decode, record load, engine and score messages.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from rich.table import Table
 
 _INSIDE_PROCESS = (
     "decode", "record load", "engine (append + features)", "score messages (incl. predict)",
-    "record encode (changelog + store)", "producer batches (append + send_batch)",
-    "wait for delivery (gather)", "rocksdb write", "consumer commit",
 )  # fmt: skip
 
 

@@ -107,19 +107,7 @@ class RecordCodec:
 
     def encode(self, record: SupernovaRecord) -> bytes:
         """Serialise a record (derived state is left out)."""
-        state = self._state_type(
-            SCHEMA_VERSION,
-            self.layout,
-            record.entity_id,
-            self._fixed_type(**record.fixed),
-            self._items_type(*(record.items[n] for n in self.repeated)),
-            record.lifetime,
-            record.last_ts,
-            record.duplicates,
-            record.offset,
-            record.fixed_ids,
-        )
-        return self._encoder.encode(state)
+        return self._encoder.encode(self.snapshot(record))
 
     def snapshot(self, record: SupernovaRecord) -> Any:
         """The record's serialisable state as of now, for ``encode_snapshot`` later.
