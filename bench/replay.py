@@ -29,8 +29,8 @@ from typing import Any
 from entities.engine import Engine
 from entities.events import EventCodec
 from entities.spec import load_spec_module
-from streams.replay import BATCH, _gc_tuned, replay
-from streams.sources import Block, Rejected, read_blocks
+from streams.replay import ReplaySummary, _batches, _gc_tuned, replay
+from streams.sources import Block, read_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "fraudTest.csv.gz"
@@ -77,12 +77,9 @@ def _map(spec: Path, path: Path, limit: int | None) -> int:
 def _apply(spec: Path, path: Path, limit: int | None) -> int:
     engine = Engine(load_spec_module(spec).spec)
     n = 0
-    for block in _blocks(spec, path, limit, map_rows=True):
-        events = [e for e in block.items if not isinstance(e, Rejected)] if block.rejected else block.items
-        for start in range(0, len(events), BATCH):
-            batch = events[start : start + BATCH]
-            engine.process(batch)
-            n += len(batch)
+    for batch in _batches(_blocks(spec, path, limit, map_rows=True), ReplaySummary(), None):
+        engine.process(batch)
+        n += len(batch)
     return n
 
 

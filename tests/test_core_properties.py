@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_core import Outcome, Reference
 
+import entities.engine as engine_module
 from entities.engine import Engine
 from entities.events import Event, EventCodec, LateEventError
 from entities.record import RecordCodec
@@ -394,3 +395,60 @@ def test_equal_values_have_zero_std_and_zscore() -> None:
 def test_zscore_of_a_tight_cluster_of_large_values() -> None:
     z = _core_rows(CLUSTER)[-1]["zscore_5"]
     assert close(z, CLUSTER_Z), (z, CLUSTER_Z)
+
+
+# --- grouping a batch by entity ------------------------------------------------------
+
+
+@st.composite
+def many_entities(draw: st.DrawFn) -> tuple[Config, list[Op]]:
+    """A scenario whose events are spread over four entities."""
+    cfg, seq = draw(scenarios())
+    spread = draw(st.lists(st.sampled_from(["e1", "e2", "e3", "e4"]), min_size=len(seq), max_size=len(seq)))
+    return cfg, [Op(op.kind, e, op.step, op.reuse, op.attrs) for op, e in zip(seq, spread, strict=True)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=many_entities())
+def test_a_batch_grouped_by_entity_equals_event_by_event(scenario: tuple[Config, list[Op]]) -> None:
+    """``Engine.process`` regroups a batch by entity: same results, in arrival order."""
+    cfg, seq = scenario
+    spec = make_spec(cfg)
+    ref, events, batch = Reference(spec), EventCodec(spec), []
+    used: dict[tuple[str, str], list[str]] = {}
+    for n, op in enumerate(seq):
+        if op.kind not in ("txn", "profile"):
+            continue
+        ids = used.setdefault((op.entity, op.kind), [])
+        eid = ids[op.reuse % len(ids)] if op.reuse is not None and ids else f"{op.kind}-{n}"
+        ids.append(eid)
+        newest = ref.entity(op.entity).newest
+        ts = (BASE_TS if newest is None else newest) + op.step
+        assert op.attrs is not None
+        ev = events.build(op.kind, eid, op.entity, ts, dict(op.attrs))
+        ref.apply(op.entity, op.kind, eid, ts, dict(op.attrs), ev)
+        batch.append(ev)
+
+    one_by_one = Engine(spec)
+    singles = [one_by_one.process([ev]) for ev in batch]
+    grouped = Engine(spec)
+    with pytest.MonkeyPatch.context() as mp:  # group whatever the batch's size and shape
+        mp.setattr(engine_module, "GROUP_MIN_EVENTS", 2)
+        mp.setattr(engine_module, "GROUP_MAX_SHARE", 1.0)
+        got = grouped.process(batch)
+    if len({ev.entity_id for ev in batch}) < len(batch):
+        event("regrouped")
+
+    assert [e.event_id for e in got.scored] == [e.event_id for r in singles for e in r.scored]
+    want_rows = [row for r in singles for row in r.rows]
+    for g, w in zip(got.rows, want_rows, strict=True):  # bit for bit: the same arithmetic
+        assert [x if x == x else "nan" for x in g] == [x if x == x else "nan" for x in w]
+    assert got.late == [flag for r in singles for flag in r.late]
+    want_rejected = [(e, str(err)) for r in singles for e, err in r.rejected]
+    assert [(e, str(err)) for e, err in got.rejected] == want_rejected
+    assert got.duplicates == sum(r.duplicates for r in singles)
+    assert got.changed == set().union(*(r.changed for r in singles))
+    codec = RecordCodec(spec)
+    assert grouped.records.keys() == one_by_one.records.keys()
+    for entity_id, rec in grouped.records.items():
+        assert codec.encode(rec) == codec.encode(one_by_one.records[entity_id])
