@@ -7,11 +7,13 @@ for the whole poll, and send the scores and dead letters as producer batches. No
 per-event await, no per-event RocksDB write, no per-event changelog message.
 
 Every ``commit_interval`` the worker checkpoints: it copies each record changed
-since the last checkpoint (a few µs each), encodes the copies a slice per poll so
-that no poll waits for all of them, then, as a background task, waits until the
-scores sent so far are acknowledged, writes the records once to the compacted
-changelog, then one RocksDB ``WriteBatch`` per partition with those records *and*
-the input offset they cover, then commits the consumer offsets. In exactly-once
+since the last checkpoint (a few µs each), encodes the copies a slice per poll,
+spread over half as many polls as the last interval had, so that no poll waits
+for all of them (work in bursts is what makes latency tails at steady load).
+Then, as a background task, it waits until the scores sent so far are acknowledged,
+writes the records once to the compacted changelog, then one RocksDB ``WriteBatch``
+per partition with those records *and* the input offset they cover, then commits
+the consumer offsets. In exactly-once
 mode the span between checkpoints is one Kafka transaction (scores, dead letters,
 changelog and offsets), persisted before the next poll.
 
@@ -60,7 +62,8 @@ from streams.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
-ENCODE_SLICE = 64  # records encoded per poll at least while a checkpoint is in progress
+ENCODE_SLICES = 8  # a checkpoint's records are encoded over at least this many polls
+ENCODE_SLICE_MIN = 16  # records encoded per poll at least while a checkpoint is in progress
 
 
 @dataclass
@@ -166,6 +169,7 @@ class BatchWorker:
         self._encoding: _Checkpoint | None = None  # taken, its records not all encoded yet
         self.changelog_producer: AIOKafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
+        self.polls = 0  # since the last checkpoint: how finely to slice the next one
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self._stopping = False
 
@@ -254,6 +258,7 @@ class BatchWorker:
             # getmany returns without suspending when records are buffered: yield once per
             # poll so the producer's sender and the fetcher run (else scores queue up).
             await asyncio.sleep(0)
+            self.polls += 1
             async with self.lock:
                 if batches:
                     await self.process(batches)
@@ -467,7 +472,8 @@ class BatchWorker:
             taken.encode()
             await self._persist(taken)
         self.last_checkpoint = time.monotonic()
-        boundary = self._take()
+        boundary = self._take(slices=max(ENCODE_SLICES, self.polls // 2))
+        self.polls = 0
         if boundary is None:
             return
         if wait or self.cfg.exactly_once:
@@ -476,7 +482,7 @@ class BatchWorker:
         else:
             self._encoding = boundary
 
-    def _take(self) -> _Checkpoint | None:
+    def _take(self, slices: int) -> _Checkpoint | None:
         """Copy the records changed since the last checkpoint; take the pending sends."""
         spans = []
         todo = []
@@ -493,8 +499,9 @@ class BatchWorker:
         in_flight, self.in_flight = self.in_flight, []
         if not spans and not in_flight and not self.in_transaction:
             return None
-        # Eight slices at most, however many records: a checkpoint ends within 8 polls.
-        return _Checkpoint(spans, in_flight, todo, slice=max(ENCODE_SLICE, -(-len(todo) // 8)))
+        # At most ``slices`` slices, however many records: the checkpoint ends within
+        # about half the polls of an interval like the last one.
+        return _Checkpoint(spans, in_flight, todo, slice=max(ENCODE_SLICE_MIN, -(-len(todo) // slices)))
 
     def _encode_slice(self) -> None:
         """Encode the next slice of the checkpoint in progress; persist it once complete."""
