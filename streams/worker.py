@@ -263,6 +263,9 @@ class BatchWorker:
                 if batches:
                     await self.process(batches)
                     await asyncio.sleep(0)  # the sender ships these scores before checkpoint work
+                    # The young generation, collected here instead of wherever the allocator
+                    # hits the threshold: after the scores are on their way, and small.
+                    gc.collect(0)
                 if self._encoding is not None:
                     self._encode_slice()
                 elif time.monotonic() - self.last_checkpoint >= interval and (
@@ -472,6 +475,7 @@ class BatchWorker:
             taken.encode()
             await self._persist(taken)
         self.last_checkpoint = time.monotonic()
+        gc.collect(1)  # what survived the per-poll collections since the last checkpoint
         boundary = self._take(slices=max(ENCODE_SLICES, self.polls // 2))
         self.polls = 0
         if boundary is None:
@@ -624,6 +628,9 @@ def tune_gc() -> None:
 
     Long-lived objects (spec, model, codecs) need no cyclic GC, and records are plain
     acyclic data: with the default thresholds the collector rescans them all the time.
+    The batch loop collects the young generation itself once per poll: left to the
+    threshold, a collection came every few seconds in steady state (old objects freed
+    offset the new ones in the count) and scanned all that was new, 80-120 ms at once.
     """
     gc.collect()
     gc.freeze()
