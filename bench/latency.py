@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
@@ -76,6 +76,9 @@ class Latency:
     publish_p99_ms: float
     worker_cpu_percent: float  # of one core, during the phase
     worker_rss_mb: float
+    # Per second of event CreateTime: [p50, p99, max] ms. Shows whether the tail is
+    # spread out or comes in bursts (e.g. once per commit interval).
+    by_second: list[list[float]] = field(default_factory=list)
 
 
 async def measure_latency(
@@ -137,7 +140,22 @@ async def measure_latency(
         publish_p99_ms=b99,
         worker_cpu_percent=round(100 * (after.cpu_s - cpu0) / busy_s, 1),
         worker_rss_mb=round(after.rss / 2**20, 1),
+        by_second=_by_second(born, lat),
     )
+
+
+def _by_second(born: np.ndarray, lat: np.ndarray) -> list[list[float]]:
+    """[p50, p99, max] of the latencies of the events created in each second."""
+    if not len(lat):
+        return []
+    second = ((born - born.min()) // 1000).astype(np.int64)
+    order = np.argsort(second, kind="stable")
+    bounds = np.searchsorted(second[order], np.arange(second.max() + 2))
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        chunk = lat[order[lo:hi]]
+        out.append([*_percentiles(chunk, 50, 99), float(chunk.max()) if len(chunk) else float("nan")])
+    return out
 
 
 def _percentiles(values: np.ndarray, *qs: float) -> list[float]:

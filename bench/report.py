@@ -145,6 +145,15 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
             f"{lat['worker_cpu_percent']:.0f}% of a core",
         )
         console.print(t)
+        series = lat.get("by_second") or []
+        if series:
+            worst = max(range(len(series)), key=lambda i: series[i][1])
+            over = sum(1 for row in series if row[1] > 25)
+            p50, p99, top = series[worst]
+            console.print(
+                f"per second: p99 above 25 ms in {over} of {len(series)} seconds; worst second "
+                f"{worst}: p50 {p50:.0f}, p99 {p99:.0f}, max {top:.0f} ms"
+            )
     t = Table(title="Targets")
     for col in ("target", "measured", "met"):
         t.add_column(col)
@@ -184,11 +193,13 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         if key in runs and runs[key].get("events_per_s")
     ]
     lat = results.get("latency")
+    series = lat.get("by_second") if lat else None
+    widths = [3, 1, 2] if series else [3, 1] if lat else [1]
     fig, axes = plt.subplots(
         1,
-        2 if lat else 1,
-        figsize=(13 if lat else 8, 5),
-        gridspec_kw={"width_ratios": [3, 1]} if lat else None,
+        len(widths),
+        figsize=(5 * len(widths) + 3 if lat else 8, 5),
+        gridspec_kw={"width_ratios": widths} if lat else None,
     )
     ax = axes[0] if lat else axes
     names, values = zip(*bars, strict=True) if bars else ((), ())
@@ -210,6 +221,16 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         ax2.set_ylabel("ms")
         ax2.set_title(f"latency at {lat['achieved_rate']:,.0f} ev/s")
         ax2.legend(fontsize=8)
+    if series:
+        ax3 = axes[2]
+        seconds = range(len(series))
+        for j, (label, color) in enumerate((("p50", "#2b6cd9"), ("p99", "#d9822b"), ("max", "#888888"))):
+            ax3.plot(seconds, [row[j] for row in series], label=label, color=color, linewidth=1)
+        ax3.axhline(25, color="red", linestyle="--", linewidth=1)
+        ax3.set_xlabel("second of the latency phase")
+        ax3.set_ylabel("ms")
+        ax3.set_title("latency per second")
+        ax3.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
