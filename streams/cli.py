@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--commit-interval",
         type=float,
-        help="seconds between checkpoints (default 1.0; 0.1 with --exactly-once)",
+        help="seconds between checkpoints (default 5.0; 0.1 with --exactly-once)",
     )
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=6066)
@@ -194,7 +194,7 @@ def _worker(args: argparse.Namespace) -> int:
                 if args.commit_interval is not None
                 else 0.1
                 if args.exactly_once
-                else 1.0
+                else WorkerConfig.commit_interval_ms / 1000
             )
         ),
         max_future_ms=int(args.max_future * 1000),

@@ -84,6 +84,10 @@ class WorkerProcess:
             "--events-topic", self.topics["events"], "--scores-topic", self.topics["scores"],
             "--dlq-topic", self.topics["dlq"], "--http-port", str(self.port), *self.extra,
         ]  # fmt: skip
+        if "--exactly-once" not in self.extra and "--commit-interval" not in self.extra:
+            # Checkpoints every second, not every 5 s: the fault tests kill the worker
+            # after 1-4 s and must find checkpoints and changelog entries to recover from.
+            cmd += ["--commit-interval", "1"]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
