@@ -10,13 +10,12 @@ Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoin
 it copies each record changed since the last checkpoint (a few µs each), encodes
 the copies a slice per poll, spread over half as many polls as the last interval
 had, so that no poll waits for all of them (work in bursts is what makes latency
-tails at steady load).
-Then, as a background task, it waits until the scores sent so far are acknowledged,
-writes the records once to the compacted changelog, then one RocksDB ``WriteBatch``
-per partition with those records *and* the input offset they cover, then commits
-the consumer offsets. In exactly-once
-mode the span between checkpoints is one Kafka transaction (scores, dead letters,
-changelog and offsets), persisted before the next poll.
+tails at steady load). Then, as a background task, it waits until the scores sent
+so far are acknowledged, writes the records once to the compacted changelog, then
+one RocksDB ``WriteBatch`` per partition with those records *and* the input offset
+they cover, then commits the consumer offsets. In exactly-once mode the span
+between checkpoints is one Kafka transaction (scores, dead letters, changelog and
+offsets), persisted before the next poll.
 
 After a crash the worker resumes at the last checkpoint (or, from the changelog,
 at the start of the last checkpoint it logged) and applies the events since then
