@@ -107,7 +107,7 @@ class RecordCodec:
 
     def encode(self, record: SupernovaRecord) -> bytes:
         """Serialise a record (derived state is left out)."""
-        return self._encoder.encode(self.snapshot(record))
+        return self.encode_snapshot(self.snapshot(record))
 
     def snapshot(self, record: SupernovaRecord) -> Any:
         """The record's serialisable state as of now, for ``encode_snapshot`` later.

@@ -7,15 +7,17 @@ for the whole poll, and send the scores and dead letters as producer batches. No
 per-event await, no per-event RocksDB write, no per-event changelog message.
 
 Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoints:
-it copies each record changed since the last checkpoint (a few µs each), encodes
-the copies a slice per poll, spread over half as many polls as the last interval
-had, so that no poll waits for all of them (work in bursts is what makes latency
-tails at steady load). Then, as a background task, it waits until the scores sent
-so far are acknowledged, writes the records once to the compacted changelog, then
-one RocksDB ``WriteBatch`` per partition with those records *and* the input offset
-they cover, then commits the consumer offsets. In exactly-once mode the span
-between checkpoints is one Kafka transaction (scores, dead letters, changelog and
-offsets), persisted before the next poll.
+it notes the records changed since the last checkpoint and encodes them a slice per
+poll, spread over half as many polls as the last interval had, so that no poll waits
+for all of them (work in bursts is what makes latency tails at steady load). A noted
+record that a poll is about to change first gets copied (a few µs); the others are
+encoded as they are, since they still hold the boundary's state. Then, as a
+background task, it waits until the scores sent so far are acknowledged, writes the
+records once to the compacted changelog, then one RocksDB ``WriteBatch`` per
+partition with those records *and* the input offset they cover, then commits the
+consumer offsets. In exactly-once mode the span between checkpoints is one Kafka
+transaction (scores, dead letters, changelog and offsets), persisted before the next
+poll.
 
 After a crash the worker resumes at the last checkpoint (or, from the changelog,
 at the start of the last checkpoint it logged) and applies the events since then
@@ -126,24 +128,41 @@ class _Span:
     end: int
     batch: WriteBatch  # the records for RocksDB, filled as they are encoded
     changed: list[tuple[str, bytes]] = field(default_factory=list)  # the same, for the changelog
+    # The records to encode: a copy (RecordCodec.snapshot) taken before the loop
+    # changed the record again, or None while the live record holds the boundary's state.
+    pending: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class _Checkpoint:
-    """A checkpoint's boundary: record copies still to encode, the sends to wait for."""
+    """A checkpoint's boundary: records still to encode, the sends to wait for."""
 
     spans: list[_Span]
     in_flight: list[Any]
-    todo: list[tuple[_Span, str, Any]]  # (span, entity id, RecordCodec.snapshot)
+    todo: list[tuple[_Span, str]]  # (span, entity id) in the order they will be encoded
     slice: int = 0
 
+    def copy_before_change(self, part: _Partition, entity_ids: set[str]) -> None:
+        """Copy the records of ``entity_ids`` still to be encoded as at the boundary."""
+        for span in self.spans:
+            if span.part is part:
+                pending, records, snapshot = span.pending, part.engine.records, part.engine.codec.snapshot
+                for entity_id in entity_ids:
+                    if entity_id in pending and pending[entity_id] is None:
+                        pending[entity_id] = snapshot(records[entity_id])
+
     def encode(self, limit: int | None = None) -> bool:
-        """Encode up to ``limit`` record copies (all if None); True once none are left."""
+        """Encode up to ``limit`` records (all if None); True once none are left."""
         todo = self.todo
         n = len(todo) if limit is None else min(limit, len(todo))
         for _ in range(n):
-            span, entity_id, snapshot = todo.pop()
-            data = span.part.engine.codec.encode_snapshot(snapshot)
+            span, entity_id = todo.pop()
+            codec = span.part.engine.codec
+            snapshot = span.pending.pop(entity_id)
+            if snapshot is None:  # unchanged since the boundary
+                data = codec.encode(span.part.engine.records[entity_id])
+            else:
+                data = codec.encode_snapshot(snapshot)
             span.changed.append((entity_id, data))
             span.batch.put(entity_id.encode(), data)  # copied now: a slice at a time, too
         return not todo
@@ -314,7 +333,10 @@ class BatchWorker:
             m.events_in.inc(len(records))
             m.batch_size.observe(len(records))
             events, origin = self._decode(part, records, dead)
-            self._load(part, {e.entity_id for e in events})
+            touched = {e.entity_id for e in events}
+            self._load(part, touched)
+            if self._encoding is not None:
+                self._encoding.copy_before_change(part, touched)
             events = self._not_yet_applied(part, events, origin)
             result = part.engine.process(events)
             for ev, err in result.rejected:
@@ -465,11 +487,12 @@ class BatchWorker:
     async def checkpoint(self, wait: bool = True) -> None:
         """Make everything processed so far durable: scores, then changelog, then store, then offsets.
 
-        The boundary is taken here: the changed records are copied as they are now.
-        With ``wait=False`` the copies are encoded a slice per poll and the I/O runs
-        as a task while the loop goes on; in exactly-once mode, and with ``wait``,
-        all of it happens now (the next transaction may only start once this one is
-        committed). Checkpoints never overlap: a new one first finishes the previous.
+        The boundary is taken here: the changed records are noted, and each is copied
+        before the loop changes it again. With ``wait=False`` they are encoded a slice
+        per poll and the I/O runs as a task while the loop goes on; in exactly-once
+        mode, and with ``wait``, all of it happens now (the next transaction may only
+        start once this one is committed). Checkpoints never overlap: a new one first
+        finishes the previous.
         """
         if self._persisting is not None:
             await self._persisting
@@ -491,16 +514,16 @@ class BatchWorker:
             self._encoding = boundary
 
     def _take(self, slices: int) -> _Checkpoint | None:
-        """Copy the records changed since the last checkpoint; take the pending sends."""
+        """Note the records changed since the last checkpoint; take the pending sends."""
         spans = []
         todo = []
         for part in self.parts.values():
             if part.position <= part.checkpointed:
                 continue
             span = _Span(part, part.checkpointed, part.position, part.store.batch())
-            snapshot = part.engine.codec.snapshot
             records = part.engine.records
-            todo += [(span, eid, snapshot(records[eid])) for eid in part.dirty if eid in records]
+            span.pending = dict.fromkeys(eid for eid in part.dirty if eid in records)
+            todo += [(span, eid) for eid in span.pending]
             part.dirty.clear()
             spans.append(span)
             part.checkpointed = part.position
