@@ -139,8 +139,7 @@ class _Checkpoint:
 
     spans: list[_Span]
     in_flight: list[Any]
-    todo: list[tuple[_Span, str]]  # (span, entity id) in the order they will be encoded
-    slice: int = 0
+    slice: int = 0  # records encoded per poll
 
     def copy_before_change(self, part: _Partition, entity_ids: set[str]) -> None:
         """Copy the records of ``entity_ids`` still to be encoded as at the boundary."""
@@ -153,19 +152,20 @@ class _Checkpoint:
 
     def encode(self, limit: int | None = None) -> bool:
         """Encode up to ``limit`` records (all if None); True once none are left."""
-        todo = self.todo
-        n = len(todo) if limit is None else min(limit, len(todo))
-        for _ in range(n):
-            span, entity_id = todo.pop()
-            codec = span.part.engine.codec
-            snapshot = span.pending.pop(entity_id)
-            if snapshot is None:  # unchanged since the boundary
-                data = codec.encode(span.part.engine.records[entity_id])
-            else:
-                data = codec.encode_snapshot(snapshot)
-            span.changed.append((entity_id, data))
-            span.batch.put(entity_id.encode(), data)  # copied now: a slice at a time, too
-        return not todo
+        left = limit
+        for span in self.spans:
+            pending, records, codec = span.pending, span.part.engine.records, span.part.engine.codec
+            while pending and (left is None or left > 0):
+                entity_id, snapshot = pending.popitem()
+                if snapshot is None:  # unchanged since the boundary
+                    data = codec.encode(records[entity_id])
+                else:
+                    data = codec.encode_snapshot(snapshot)
+                span.changed.append((entity_id, data))
+                span.batch.put(entity_id.encode(), data)  # copied now: a slice at a time, too
+                if left is not None:
+                    left -= 1
+        return not any(span.pending for span in self.spans)
 
 
 class BatchWorker:
@@ -516,14 +516,12 @@ class BatchWorker:
     def _take(self, slices: int) -> _Checkpoint | None:
         """Note the records changed since the last checkpoint; take the pending sends."""
         spans = []
-        todo = []
         for part in self.parts.values():
             if part.position <= part.checkpointed:
                 continue
             span = _Span(part, part.checkpointed, part.position, part.store.batch())
             records = part.engine.records
             span.pending = dict.fromkeys(eid for eid in part.dirty if eid in records)
-            todo += [(span, eid) for eid in span.pending]
             part.dirty.clear()
             spans.append(span)
             part.checkpointed = part.position
@@ -532,7 +530,8 @@ class BatchWorker:
             return None
         # At most ``slices`` slices, however many records: the checkpoint ends within
         # about half the polls of an interval like the last one.
-        return _Checkpoint(spans, in_flight, todo, slice=max(ENCODE_SLICE_MIN, -(-len(todo) // slices)))
+        n = sum(len(span.pending) for span in spans)
+        return _Checkpoint(spans, in_flight, slice=max(ENCODE_SLICE_MIN, -(-n // slices)))
 
     def _encode_slice(self) -> None:
         """Encode the next slice of the checkpoint in progress; persist it once complete."""
