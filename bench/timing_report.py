@@ -3,10 +3,11 @@
     python -m bench.timing_report FILE.json [FILE.json ...]
 
 Steps nest: "score messages" includes "predict"; "process (total)" includes decode,
-record load, engine and score messages, and the producer batches of scores (those of
-the changelog are sent by the checkpoint task, as are delivery waits, RocksDB writes
-and commits). gc time is inside whichever step allocated. "other in process" is
-``process`` less decode, record load, engine and score messages.
+record load, the checkpoint's record copies, engine and score messages, and the
+producer batches of scores (those of the changelog are sent by the checkpoint task,
+as are delivery waits, RocksDB writes and commits). gc time is inside whichever step
+allocated. "other in process" is ``process`` less decode, record load, record
+copies, engine and score messages.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 _INSIDE_PROCESS = (
-    "decode", "record load", "engine (append + features)", "score messages (incl. predict)",
+    "decode", "record load", "record copies before change", "engine (append + features)",
+    "score messages (incl. predict)",
 )  # fmt: skip
 
 
