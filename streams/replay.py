@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from entities.engine import BatchResult, Engine
+from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec
 from entities.spec import load_spec_module
 from streams.sources import Block, NotSorted, Rejected, read_blocks
@@ -125,9 +124,7 @@ class _Output:
         scored = result.scored
         if not scored or not self.writers:
             return
-        n, width = len(result.rows), len(self.feature_names)
-        # One flat pass over the floats: a quarter faster than np.array(rows).
-        matrix = np.fromiter(chain.from_iterable(result.rows), np.float64, n * width).reshape(n, width)
+        matrix = feature_matrix(result.rows, len(self.feature_names))
         self.features.append(matrix)
         if self.artifact is not None:
             self.scores.append(self.artifact.predict(matrix))

@@ -34,7 +34,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 from rocksdict import WriteBatch
 
-from entities.engine import Engine
+from entities.engine import Engine, feature_matrix
 from entities.events import Event, EventCodec, EventError
 from entities.record import RecordError, SupernovaRecord
 from entities.spec import Spec
@@ -432,9 +431,7 @@ class BatchWorker:
     ) -> list[Message]:
         if not scored:
             return []
-        n = len(rows)
-        matrix = np.fromiter(chain.from_iterable(rows), np.float64, n * len(self.feature_names))
-        result = self.scorer.score(matrix.reshape(n, -1))
+        result = self.scorer.score(feature_matrix(rows, len(self.feature_names)))
         now_ms = int(time.time() * 1000)
         features = self._features if self.cfg.include_features else None
         extras = result.has_extra
