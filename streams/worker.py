@@ -43,7 +43,7 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 from rocksdict import WriteBatch
 
-from entities.engine import Engine, feature_matrix
+from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec, EventError
 from entities.record import RecordError, SupernovaRecord
 from entities.spec import Spec
@@ -295,6 +295,14 @@ class BatchWorker:
                 ):
                     await self.checkpoint(wait=False)
 
+    def _apply(self, part: _Partition, events: list[Event], origin: dict[int, Any]) -> BatchResult:
+        """One partition's decoded events into its records (those not applied before)."""
+        touched = {e.entity_id for e in events}
+        self._load(part, touched)
+        if self._encoding is not None:  # the checkpoint in progress keeps what it needs
+            self._encoding.copy_before_change(part, touched)
+        return part.engine.process(self._not_yet_applied(part, events, origin))
+
     def _in_sequence(self, part: _Partition, records: list[Any]) -> list[Any]:
         """The records that continue exactly where this partition left off.
 
@@ -332,12 +340,7 @@ class BatchWorker:
             m.events_in.inc(len(records))
             m.batch_size.observe(len(records))
             events, origin = self._decode(part, records, dead)
-            touched = {e.entity_id for e in events}
-            self._load(part, touched)
-            if self._encoding is not None:
-                self._encoding.copy_before_change(part, touched)
-            events = self._not_yet_applied(part, events, origin)
-            result = part.engine.process(events)
+            result = self._apply(part, events, origin)
             for ev, err in result.rejected:
                 dead.append(self._dead_letter(part, origin[id(ev)], str(err)))
             m.duplicates.inc(result.duplicates)

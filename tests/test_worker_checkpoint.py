@@ -3,9 +3,10 @@
 The worker notes the changed records at the boundary and encodes them over the next
 polls; a record a poll is about to change is copied first. Here the worker's own
 checkpoint steps run on real Sparkov events without a broker: the events after the
-boundary go through the same calls as in ``BatchWorker.process`` (copy before
-change, offset stamping, ``Engine.process``), and every encoded record must equal
-that of an engine fed only the events before the boundary.
+boundary go through ``BatchWorker._apply``, the per-partition step of
+``BatchWorker.process`` (copy before change, offset stamping, ``Engine.process``),
+and every encoded record must equal that of an engine fed only the events before
+the boundary.
 """
 
 from __future__ import annotations
@@ -31,10 +32,7 @@ SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 def _poll(worker: BatchWorker, part: _Partition, events: list[Event], first_offset: int) -> None:
     """What ``BatchWorker.process`` does to one partition's records for one poll."""
     origin = {id(ev): SimpleNamespace(offset=first_offset + i) for i, ev in enumerate(events)}
-    touched = {ev.entity_id for ev in events}
-    if worker._encoding is not None:
-        worker._encoding.copy_before_change(part, touched)
-    result = part.engine.process(worker._not_yet_applied(part, events, origin))
+    result = worker._apply(part, events, origin)
     part.dirty |= result.changed
     part.position = first_offset + len(events)
 
