@@ -16,6 +16,7 @@ import lightgbm as lgb
 import numpy as np
 
 from entities.spec import Spec
+from models.compiled import Predict, compile_model
 
 MODEL_FILE = "model.txt"
 MANIFEST_FILE = "manifest.json"
@@ -43,11 +44,12 @@ class Manifest:
 
 @dataclass
 class Artifact:
-    """A loaded model: its manifest and booster."""
+    """A loaded model: its manifest, its booster and, where it could be built, its compiled form."""
 
     path: Path
     manifest: Manifest
     booster: lgb.Booster
+    compiled: Predict | None = None  # see models.compiled: same scores, ~5-10x faster
 
     @property
     def name(self) -> str:
@@ -61,6 +63,8 @@ class Artifact:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Fraud probabilities of a (n, features) float64 matrix in spec order."""
+        if self.compiled is not None:
+            return self.compiled(rows)
         return np.asarray(self.booster.predict(rows, num_threads=1))
 
     def contributions(self, rows: np.ndarray) -> np.ndarray:
@@ -104,4 +108,4 @@ def load(path: str | Path, spec: Spec) -> Artifact:
     booster = lgb.Booster(model_file=str(path / MODEL_FILE))
     if booster.feature_name() != spec.feature_names:
         raise ArtifactError(f"{path}: {MODEL_FILE} features differ from its manifest")
-    return Artifact(path, manifest, booster)
+    return Artifact(path, manifest, booster, compile_model(path / MODEL_FILE, booster))

@@ -1,9 +1,9 @@
 """Hot reload: follow the registry's champion/challenger pointers without a restart.
 
 The worker's timer calls :meth:`ModelWatcher.check` every second. A changed pointer
-is loaded (and checked against the running spec) outside the batch lock, then
-swapped in under it: a batch is always scored by one model, and the switch never
-drops or re-scores an event because it does not touch consumption at all.
+is loaded (checked against the running spec, and compiled) in a thread outside the
+batch lock, then swapped in under it: a batch is always scored by one model, and the
+switch never drops or re-scores an event because it does not touch consumption at all.
 """
 
 from __future__ import annotations
@@ -58,9 +58,11 @@ class ModelWatcher:
             return False
         if keys == self.current or keys[0] is None:
             return False
-        try:
-            champion = load(self.registry.root / keys[0], self.spec)
-            shadow = load(self.registry.root / keys[1], self.spec) if keys[1] else None
+        try:  # in a thread: compiling a new model (models.compiled) takes seconds
+            champion = await asyncio.to_thread(load, self.registry.root / keys[0], self.spec)
+            shadow = None
+            if keys[1]:
+                shadow = await asyncio.to_thread(load, self.registry.root / keys[1], self.spec)
         except (ArtifactError, OSError) as exc:
             log.error("not switching models: %s", exc)
             self.current = keys  # don't retry a broken artifact every second
