@@ -55,6 +55,7 @@ async def passthrough(bootstrap: str, source: str, sink: str, group: str, max_ba
                         futures.append(await producer.send_batch(batch, sink, partition=tp.partition))
                         batch = producer.create_batch()
                         batch.append(key=rec.key, value=rec.value, timestamp=None)
+                batch.close()  # complete: not kept open for linger_ms (as streams.kafka_io.send_batches)
                 futures.append(await producer.send_batch(batch, sink, partition=tp.partition))
             if futures:
                 await asyncio.gather(*futures)

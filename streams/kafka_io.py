@@ -42,14 +42,19 @@ async def send_batches(
 ) -> list[Any]:
     """Append messages to one producer batch per partition (as many as needed).
 
-    Returns the delivery futures; with ``count`` each resolves to (base offset, n).
+    Each batch is closed before it is handed over: aiokafka keeps an open batch for
+    ``linger_ms`` waiting for appends that never come here (the producer's linger
+    added that much to every event's latency). Returns the delivery futures; with
+    ``count`` each resolves to (base offset, n).
     """
     futures: list[Any] = []
     open_batches: dict[int, Any] = {}
     counts: dict[int, int] = {}
 
     async def flush(p: int) -> None:
-        fut = await producer.send_batch(open_batches.pop(p), topic, partition=p)
+        batch = open_batches.pop(p)
+        batch.close()
+        fut = await producer.send_batch(batch, topic, partition=p)
         n = counts.pop(p)
         futures.append(_with_count(fut, n) if count else fut)
 

@@ -13,7 +13,14 @@ from aiokafka.admin import NewTopic
 
 from entities.events import Event, EventCodec
 from entities.spec import load_spec_module
-from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, ensure_topics, partition_for
+from streams.kafka_io import (
+    DEFAULT_PARTITIONS,
+    MAX_PRODUCER_BATCH,
+    Message,
+    ensure_topics,
+    partition_for,
+    send_batches,
+)
 from streams.sources import Rejected, read_events
 
 CHUNK = 2000
@@ -92,22 +99,11 @@ async def produce(
 async def _send_chunk(
     producer: AIOKafkaProducer, topic: str, codec: EventCodec, chunk: list[Event], n_parts: int
 ) -> list[Any]:
-    batches: dict[int, Any] = {}
-    futures = []
+    messages: list[Message] = []
     for event in chunk:
         key = event.entity_id.encode()
-        p = partition_for(key, n_parts)
-        value = codec.encode(event)
-        batch = batches.get(p)
-        if batch is None:
-            batch = batches[p] = producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None) is None:
-            futures.append(await producer.send_batch(batches.pop(p), topic, partition=p))
-            batch = batches[p] = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
-    for p, b in batches.items():
-        futures.append(await producer.send_batch(b, topic, partition=p))
-    return futures
+        messages.append((key, codec.encode(event), [], partition_for(key, n_parts)))
+    return await send_batches(producer, topic, messages)
 
 
 async def tail(
