@@ -95,11 +95,15 @@ def _compile_cached(model: Any, path: Path) -> None:
     if path.is_file():
         model.compile(cache=str(path))
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        fresh = Path(tmp) / path.name
-        model.compile(cache=str(fresh))
-        os.replace(fresh, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            fresh = Path(tmp) / path.name
+            model.compile(cache=str(fresh))
+            os.replace(fresh, path)
+    except OSError as exc:  # a read-only or full cache: compile anyway, every time
+        log.warning("compiled-model cache %s unusable (%s): compiling without it", path.parent, exc)
+        model.compile()
 
 
 def probe_rows(booster: lgb.Booster, n_random: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:

@@ -82,3 +82,21 @@ def test_probe_rows_reach_both_sides_of_every_split(spec: Spec, features: Path, 
     leaves = booster.predict(rows, pred_leaf=True)
     for t, tree in enumerate(booster.dump_model()["tree_info"]):
         assert len(set(leaves[:, t])) == tree["num_leaves"], f"tree {t}"
+
+
+def test_an_unwritable_cache_still_compiles(
+    spec: Spec,
+    features: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory would go")
+    monkeypatch.setenv("SUPERNOVA_CACHE", str(blocker))
+    with caplog.at_level(logging.WARNING):
+        artifact = load(train_small_model(spec, features, tmp_path / "m", trees=5, version="a"), spec)
+    assert "compiling without it" in caplog.text
+    assert artifact.compiled is not None
+    rows = probe_rows(artifact.booster)
+    np.testing.assert_allclose(artifact.predict(rows), artifact.booster.predict(rows), rtol=0, atol=1e-12)
