@@ -23,6 +23,10 @@ import pytest
 # Make the helpers in tests/ importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kafka_broker import KafkaBroker
+from streaming import SAMPLE, SPEC
+
+from entities.spec import Spec, load_spec
+from streams.replay import replay
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,3 +43,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def spec() -> Spec:
+    """The fraud spec of ``examples/fraud``."""
+    return load_spec(SPEC)
+
+
+@pytest.fixture(scope="session")
+def sample_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Feature rows of the committed sample (``supernova replay``), for tests that train models."""
+    path = tmp_path_factory.mktemp("sample-replay") / "features.parquet"
+    replay(SPEC, SAMPLE, features_out=path)
+    return path

@@ -9,24 +9,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from streaming import SAMPLE, SPEC, train_small_model
+from streaming import train_small_model
 
-from entities.spec import Spec, load_spec
+from entities.spec import Spec
 from models.artifact import MODEL_FILE, load
 from models.compiled import cache_path, compile_model, probe_rows
-from streams.replay import replay
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(SPEC)
-
-
-@pytest.fixture(scope="module")
-def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("compiled") / "f.parquet"
-    replay(SPEC, SAMPLE, features_out=out, limit=6_000)
-    return out
 
 
 @pytest.fixture
@@ -35,10 +22,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "compiled-models"
 
 
-def test_compiled_scores_are_lightgbms(spec: Spec, features: Path, tmp_path: Path, cache: Path) -> None:
-    artifact = load(train_small_model(spec, features, tmp_path / "m", trees=40, version="a"), spec)
+def test_compiled_scores_are_lightgbms(
+    spec: Spec, sample_features: Path, tmp_path: Path, cache: Path
+) -> None:
+    artifact = load(train_small_model(spec, sample_features, tmp_path / "m", trees=40, version="a"), spec)
     assert artifact.compiled is not None
-    rows = pq.read_table(features).to_pandas()[spec.feature_names].to_numpy()
+    rows = pq.read_table(sample_features).to_pandas()[spec.feature_names].to_numpy()
     assert np.isnan(rows).any()  # first transactions of a card: missing values go through too
     want = artifact.booster.predict(rows, num_threads=1)
     np.testing.assert_allclose(artifact.predict(rows), want, rtol=0, atol=1e-12)
@@ -49,10 +38,10 @@ def test_compiled_scores_are_lightgbms(spec: Spec, features: Path, tmp_path: Pat
 
 
 def test_wrong_object_code_is_refused(
-    spec: Spec, features: Path, tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+    spec: Spec, sample_features: Path, tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a = train_small_model(spec, features, tmp_path / "a", trees=10, version="a")
-    b = train_small_model(spec, features, tmp_path / "b", trees=30, version="b")
+    a = train_small_model(spec, sample_features, tmp_path / "a", trees=10, version="a")
+    b = train_small_model(spec, sample_features, tmp_path / "b", trees=30, version="b")
     load(b, spec)  # compiles b into the cache
     # A stale or foreign cache entry: b's machine code under a's key.
     shutil.copy(cache_path(b / MODEL_FILE), cache_path(a / MODEL_FILE))
@@ -65,9 +54,9 @@ def test_wrong_object_code_is_refused(
 
 
 def test_compilation_can_be_turned_off(
-    spec: Spec, features: Path, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+    spec: Spec, sample_features: Path, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = train_small_model(spec, features, tmp_path / "m", trees=5, version="a")
+    model = train_small_model(spec, sample_features, tmp_path / "m", trees=5, version="a")
     monkeypatch.setenv("SUPERNOVA_COMPILE_MODELS", "0")
     artifact = load(model, spec)
     assert artifact.compiled is None
@@ -75,8 +64,12 @@ def test_compilation_can_be_turned_off(
     assert not cache.exists()
 
 
-def test_probe_rows_reach_both_sides_of_every_split(spec: Spec, features: Path, tmp_path: Path) -> None:
-    booster = load(train_small_model(spec, features, tmp_path / "m", trees=20, version="a"), spec).booster
+def test_probe_rows_reach_both_sides_of_every_split(
+    spec: Spec, sample_features: Path, tmp_path: Path
+) -> None:
+    booster = load(
+        train_small_model(spec, sample_features, tmp_path / "m", trees=20, version="a"), spec
+    ).booster
     rows = probe_rows(booster)
     # Every leaf a tree has, the probe reaches: a compiled model wrong in any branch shows.
     leaves = booster.predict(rows, pred_leaf=True)
@@ -86,7 +79,7 @@ def test_probe_rows_reach_both_sides_of_every_split(spec: Spec, features: Path, 
 
 def test_an_unwritable_cache_still_compiles(
     spec: Spec,
-    features: Path,
+    sample_features: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -95,7 +88,7 @@ def test_an_unwritable_cache_still_compiles(
     blocker.write_text("a file where the cache directory would go")
     monkeypatch.setenv("SUPERNOVA_CACHE", str(blocker))
     with caplog.at_level(logging.WARNING):
-        artifact = load(train_small_model(spec, features, tmp_path / "m", trees=5, version="a"), spec)
+        artifact = load(train_small_model(spec, sample_features, tmp_path / "m", trees=5, version="a"), spec)
     assert "compiling without it" in caplog.text
     assert artifact.compiled is not None
     rows = probe_rows(artifact.booster)

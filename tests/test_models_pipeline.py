@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from entities.spec import Spec, hours, load_spec
+from entities.spec import Spec, hours
 from models.artifact import ArtifactError, load
 from models.backtest import backtest
 from models.dataset import read_features
 from models.train import TrainError, to_epoch_ms, train
-from streams.replay import replay
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PATH = REPO / "examples" / "fraud" / "spec.py"
@@ -24,27 +23,15 @@ ROUNDS = 30
 
 
 @pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(SPEC_PATH)
-
-
-@pytest.fixture(scope="module")
-def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("replay") / "features.parquet"
-    replay(SPEC_PATH, SAMPLE, features_out=path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(spec: Spec, features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(spec: Spec, sample_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "m1"
-    train(spec, features, out, num_boost_round=ROUNDS, version="v1")
+    train(spec, sample_features, out, num_boost_round=ROUNDS, version="v1")
     return out
 
 
-def test_saved_model_predicts_what_was_validated(spec: Spec, features: Path, model_dir: Path) -> None:
+def test_saved_model_predicts_what_was_validated(spec: Spec, sample_features: Path, model_dir: Path) -> None:
     artifact = load(model_dir, spec)
-    data = read_features(features, spec).labelled()
+    data = read_features(sample_features, spec).labelled()
     valid = data.take(data.ts >= to_epoch_ms(artifact.manifest.valid["valid_from"]))
     scores = artifact.predict(valid.features)
     assert sk.roc_auc_score(valid.label, scores) == pytest.approx(artifact.manifest.metrics["roc_auc"])
@@ -67,24 +54,30 @@ def test_manifest_records_a_time_split(spec: Spec, model_dir: Path) -> None:
     assert m.lightgbm_version and m.created_at.endswith("Z")
 
 
-def test_training_is_deterministic(spec: Spec, features: Path, model_dir: Path, tmp_path: Path) -> None:
-    train(spec, features, tmp_path / "m2", num_boost_round=ROUNDS, version="v1")
+def test_training_is_deterministic(
+    spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    train(spec, sample_features, tmp_path / "m2", num_boost_round=ROUNDS, version="v1")
     assert (tmp_path / "m2" / "model.txt").read_bytes() == (model_dir / "model.txt").read_bytes()
 
 
-def test_explicit_valid_from_splits_there(spec: Spec, features: Path, tmp_path: Path) -> None:
-    artifact = train(spec, features, tmp_path / "m", valid_from="2020-06-26", num_boost_round=5)
+def test_explicit_valid_from_splits_there(spec: Spec, sample_features: Path, tmp_path: Path) -> None:
+    artifact = train(spec, sample_features, tmp_path / "m", valid_from="2020-06-26", num_boost_round=5)
     assert artifact.manifest.train["to"] < "2020-06-26" <= artifact.manifest.valid["from"]
 
 
-def test_split_without_fraud_in_validation_is_refused(spec: Spec, features: Path, tmp_path: Path) -> None:
+def test_split_without_fraud_in_validation_is_refused(
+    spec: Spec, sample_features: Path, tmp_path: Path
+) -> None:
     with pytest.raises(TrainError, match=r"validation period .* both classes"):
-        train(spec, features, tmp_path / "m", valid_from="2030-01-01")
+        train(spec, sample_features, tmp_path / "m", valid_from="2030-01-01")
 
 
-def test_training_into_an_existing_artifact_is_refused(spec: Spec, features: Path, model_dir: Path) -> None:
+def test_training_into_an_existing_artifact_is_refused(
+    spec: Spec, sample_features: Path, model_dir: Path
+) -> None:
     with pytest.raises(TrainError, match="already holds an artifact"):
-        train(spec, features, model_dir)
+        train(spec, sample_features, model_dir)
 
 
 def test_model_of_another_spec_is_refused_with_the_reason(spec: Spec, model_dir: Path) -> None:
@@ -93,10 +86,12 @@ def test_model_of_another_spec_is_refused_with_the_reason(spec: Spec, model_dir:
         load(model_dir, other)
 
 
-def test_backtest_metrics_equal_sklearn(spec: Spec, features: Path, model_dir: Path, tmp_path: Path) -> None:
-    result = backtest(model_dir, features, tmp_path, model_dir, spec=spec, source_csv=SAMPLE)
+def test_backtest_metrics_equal_sklearn(
+    spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    result = backtest(model_dir, sample_features, tmp_path, model_dir, spec=spec, source_csv=SAMPLE)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    data = read_features(features, spec).labelled()
+    data = read_features(sample_features, spec).labelled()
     scores = load(model_dir, spec).predict(data.features)
     for role in ("champion", "challenger"):
         overall = written["models"][role]["overall"]
@@ -113,9 +108,9 @@ def test_backtest_metrics_equal_sklearn(spec: Spec, features: Path, model_dir: P
 
 
 def test_report_is_one_self_contained_page(
-    spec: Spec, features: Path, model_dir: Path, tmp_path: Path
+    spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path
 ) -> None:
-    backtest(model_dir, features, tmp_path, spec=spec)
+    backtest(model_dir, sample_features, tmp_path, spec=spec)
     page = (tmp_path / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") >= 5
     assert "http://" not in page and "https://" not in page and "<script" not in page

@@ -11,17 +11,12 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from entities.spec import Spec, hours, load_spec
+from entities.spec import Spec, hours
 from models.artifact import ArtifactError, Manifest, save
 from models.registry import REGISTRY_ENV, Registry, RegistryError, default_registry
 from streams.cli_models import add_model_commands
 
 SPEC_PATH = Path(__file__).resolve().parents[1] / "examples" / "fraud" / "spec.py"
-
-
-@pytest.fixture(scope="module")
-def spec() -> Spec:
-    return load_spec(SPEC_PATH)
 
 
 @pytest.fixture(scope="module")
