@@ -8,9 +8,9 @@ order). The machine code is cached per model text, lleaves/LLVM version and host
 CPU, so a model is compiled once per machine (about 5 s for 200 trees).
 
 A compiled model is used only after it reproduced LightGBM's scores on probe rows
-built from the model's own splits: each side of every threshold, and missing
-values. If it does not, or lleaves is not installed, or ``SUPERNOVA_COMPILE_MODELS=0``,
-prediction stays with LightGBM and the log says why.
+built from the model's own splits (``probe_rows``: one per leaf of every tree, and
+random rows with missing values). If it does not, or lleaves is not installed, or
+``SUPERNOVA_COMPILE_MODELS=0``, prediction stays with LightGBM and the log says why.
 """
 
 from __future__ import annotations
