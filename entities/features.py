@@ -18,8 +18,8 @@ entries whatever its length and nothing has to be removed when an item leaves it
 The compensation terms carry the rounding error of every step, so a difference is as
 accurate as a sum kept per window (a 1e6 leaving a window of cents loses nothing);
 the prefixes are recomputed from the items every ``REBASE_EVERY`` appends so their
-magnitude stays that of the retained items. A std whose running variance is ill-
-conditioned is recomputed in two passes (``exact_std``), as before.
+magnitude stays that of the retained items. A std whose running variance is
+ill-conditioned is recomputed in two passes (``exact_std``), as before.
 
 The in-order path is the hot loop of replay and of the worker, so the plan writes it
 out as Python source specialised to the spec - windows unrolled, aggregator updates
