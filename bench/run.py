@@ -92,6 +92,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--latency-seconds", type=float, help="length of the latency phase (default 60)")
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
+    p.add_argument(
+        "--latency-rate", type=float, help="events/s of the latency phase instead (to compare two builds)"
+    )
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--naive-tuned", action="store_true", help="also run naive faust with a 16 MB fetch size")
     p.add_argument(
@@ -194,6 +197,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "smoke": args.smoke,
             "latency_seconds": args.latency_seconds,
             "latency_load": args.latency_load,
+            "latency_rate": args.latency_rate,
             "phases": args.phases,
             "worker_args": args.worker_args,
             "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
@@ -320,7 +324,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             if "latency" in args.phases:
                 if args.timing:  # the worker's step timers: a file per phase
                     args.timing.with_name(args.timing.name + ".mark").write_text("throughput")
-                rate = args.latency_load * runs["worker"].events_per_s
+                rate = args.latency_rate or args.latency_load * runs["worker"].events_per_s
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
                 events = list(islice(continuation(base, n), max(1, int(rate * args.latency_seconds))))
