@@ -7,12 +7,12 @@ for the whole poll, and send the scores and dead letters as producer batches. No
 per-event await, no per-event RocksDB write, no per-event changelog message.
 
 Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoints:
-it notes the records changed since the last checkpoint and encodes them a slice per
-poll, spread over half as many polls as the last interval had, so that no poll waits
-for all of them (work in bursts is what makes latency tails at steady load). A noted
-record that a poll is about to change first gets copied (a few µs); the others are
-encoded as they are, since they still hold the boundary's state. Then, as a
-background task, it waits until the scores sent so far are acknowledged, writes the
+it notes the records changed since the last checkpoint and encodes them a little per
+loop iteration (a tenth of the time the iteration took, and idle time), so that no
+poll waits for all of them (work in bursts is what makes latency tails at steady
+load). A noted record that a poll is about to change first gets copied (a few µs);
+the others are encoded as they are, since they still hold the boundary's state.
+Then, as a background task, it waits until the scores sent so far are acknowledged, writes the
 records once to the compacted changelog, then one RocksDB ``WriteBatch`` per
 partition with those records *and* the input offset they cover, then commits the
 consumer offsets. In exactly-once mode the span between checkpoints is one Kafka
@@ -63,8 +63,12 @@ from streams.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
-ENCODE_SLICES = 8  # a checkpoint's records are encoded over at least this many polls
-ENCODE_SLICE_MIN = 16  # records encoded per poll at least while a checkpoint is in progress
+# A checkpoint's records are encoded a little per loop iteration: for a tenth of the
+# time the iteration's poll took, at least ENCODE_MIN_S. While some are left, an idle
+# poll waits at most ENCODE_IDLE_POLL_MS, so idle time goes to encoding.
+ENCODE_SHARE = 0.1
+ENCODE_MIN_S = 0.0005
+ENCODE_IDLE_POLL_MS = 5
 
 
 @dataclass
@@ -138,7 +142,6 @@ class _Checkpoint:
 
     spans: list[_Span]
     in_flight: list[Any]
-    slice: int = 0  # records encoded per poll
 
     def copy_before_change(self, part: _Partition, entity_ids: set[str]) -> None:
         """Copy the records of ``entity_ids`` still to be encoded as at the boundary."""
@@ -149,9 +152,13 @@ class _Checkpoint:
                     if entity_id in pending and pending[entity_id] is None:
                         pending[entity_id] = snapshot(records[entity_id])
 
-    def encode(self, limit: int | None = None) -> bool:
-        """Encode up to ``limit`` records (all if None); True once none are left."""
+    def encode(self, limit: int | None = None, until: float | None = None) -> bool:
+        """Encode ``limit`` records, or until ``perf_counter()`` passes ``until``; True once none are left.
+
+        At least one record per call; all of them if neither is given.
+        """
         left = limit
+        clock = time.perf_counter
         for span in self.spans:
             pending, records, codec = span.pending, span.part.engine.records, span.part.engine.codec
             while pending and (left is None or left > 0):
@@ -161,9 +168,11 @@ class _Checkpoint:
                 else:
                     data = codec.encode_snapshot(snapshot)
                 span.changed.append((entity_id, data))
-                span.batch.put(entity_id.encode(), data)  # copied now: a slice at a time, too
+                span.batch.put(entity_id.encode(), data)  # copied now: a little at a time, too
                 if left is not None:
                     left -= 1
+                if until is not None and clock() >= until:
+                    left = 0
         return not any(span.pending for span in self.spans)
 
 
@@ -191,7 +200,6 @@ class BatchWorker:
         self._encoding: _Checkpoint | None = None  # taken, its records not all encoded yet
         self.changelog_producer: AIOKafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
-        self.polls = 0  # since the last checkpoint: how finely to slice the next one
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self._stopping = False
 
@@ -274,13 +282,13 @@ class BatchWorker:
         interval = self.cfg.commit_interval_ms / 1000
         while not (self._stopping or should_stop()):
             batches = await self.consumer.getmany(
-                timeout_ms=0 if self._encoding is not None else self.cfg.poll_timeout_ms,
+                timeout_ms=self.cfg.poll_timeout_ms if self._encoding is None else ENCODE_IDLE_POLL_MS,
                 max_records=self.cfg.max_batch,
             )
+            started = time.perf_counter()
             # getmany returns without suspending when records are buffered: yield once per
             # poll so the producer's sender and the fetcher run (else scores queue up).
             await asyncio.sleep(0)
-            self.polls += 1
             async with self.lock:
                 if batches:
                     await self.process(batches)
@@ -289,7 +297,8 @@ class BatchWorker:
                     # hits the threshold: after the scores are on their way, and small.
                     gc.collect(0)
                 if self._encoding is not None:
-                    self._encode_slice()
+                    now = time.perf_counter()
+                    self._encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
                 elif time.monotonic() - self.last_checkpoint >= interval and (
                     self._persisting is None or self._persisting.done()
                 ):
@@ -488,10 +497,10 @@ class BatchWorker:
         """Make everything processed so far durable: scores, then changelog, then store, then offsets.
 
         The boundary is taken here: the changed records are noted, and each is copied
-        before the loop changes it again. With ``wait=False`` they are encoded a slice
-        per poll and the I/O runs as a task while the loop goes on; in exactly-once
-        mode, and with ``wait``, all of it happens now (the next transaction may only
-        start once this one is committed). Checkpoints never overlap: a new one first
+        before the loop changes it again. With ``wait=False`` they are encoded a little
+        per loop iteration and the I/O runs as a task while the loop goes on; in
+        exactly-once mode, and with ``wait``, all of it happens now (the next
+        transaction may only start once this one is committed). Checkpoints never overlap: a new one first
         finishes the previous.
         """
         if self._persisting is not None:
@@ -503,8 +512,7 @@ class BatchWorker:
             await self._persist(taken)
         self.last_checkpoint = time.monotonic()
         gc.collect(1)  # what survived the per-poll collections since the last checkpoint
-        boundary = self._take(slices=max(ENCODE_SLICES, self.polls // 2))
-        self.polls = 0
+        boundary = self._take()
         if boundary is None:
             return
         if wait or self.cfg.exactly_once:
@@ -513,7 +521,7 @@ class BatchWorker:
         else:
             self._encoding = boundary
 
-    def _take(self, slices: int) -> _Checkpoint | None:
+    def _take(self) -> _Checkpoint | None:
         """Note the records changed since the last checkpoint; take the pending sends."""
         spans = []
         for part in self.parts.values():
@@ -528,15 +536,12 @@ class BatchWorker:
         in_flight, self.in_flight = self.in_flight, []
         if not spans and not in_flight and not self.in_transaction:
             return None
-        # At most ``slices`` slices, however many records: the checkpoint ends within
-        # about half the polls of an interval like the last one.
-        n = sum(len(span.pending) for span in spans)
-        return _Checkpoint(spans, in_flight, slice=max(ENCODE_SLICE_MIN, -(-n // slices)))
+        return _Checkpoint(spans, in_flight)
 
-    def _encode_slice(self) -> None:
-        """Encode the next slice of the checkpoint in progress; persist it once complete."""
+    def _encode_some(self, until: float) -> None:
+        """Encode records of the checkpoint in progress until ``until``; persist it once complete."""
         assert self._encoding is not None
-        if self._encoding.encode(self._encoding.slice):
+        if self._encoding.encode(until=until):
             taken, self._encoding = self._encoding, None
             self._persisting = asyncio.ensure_future(self._persist(taken))
 
