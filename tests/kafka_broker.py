@@ -47,8 +47,15 @@ def _alive(pid: int) -> bool:
 class KafkaBroker:
     """A single-node KRaft broker on 127.0.0.1 with its data in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None, controller_port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        controller_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = Path(workdir).resolve()
+        self.env = env or {}  # more scripts/kafka settings, e.g. KAFKA_INITIAL_REBALANCE_DELAY_MS
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         while self.controller_port == self.port:
@@ -72,6 +79,7 @@ class KafkaBroker:
             KAFKA_PORT=str(self.port),
             KAFKA_CONTROLLER_PORT=str(self.controller_port),
             KAFKA_DATA_DIR=str(self.workdir),
+            **self.env,
         )
         return subprocess.run(
             [str(KAFKA_SCRIPT), command],
