@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from bench.procstat import ProcSample, sample
+from bench.procstat import ProcSample, sample_many
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -228,13 +228,22 @@ async def measure(
     first_output_timeout: float = 180,
     stall_timeout: float = 60,
     max_seconds: float | None = None,
+    others: Sequence[Child] = (),
 ) -> Run:
     """Start ``child`` and wait for ``expected`` outputs; the child keeps running afterwards.
 
     With ``max_seconds`` the wait ends that long after the first output even if not
     everything is out yet (``Run.capped``); the rate then covers what came out.
+    ``others`` are more processes of the same system (one consumer group), started
+    with ``child``: CPU and memory are those of all of them together.
     """
-    child.start()
+    group = [child, *others]
+    for c in group:
+        c.start()
+
+    def sample() -> ProcSample:
+        return sample_many([c.pid for c in group])
+
     pending = sorted(marks)
     first_at = 0.0
     rss_at: dict[str, float] = {}
@@ -242,20 +251,21 @@ async def measure(
     last_progress, seen = time.monotonic(), 0
     async with Offsets(bootstrap, out_topic, partitions) as offsets:
         while True:
-            child.check_alive()
+            for c in group:
+                c.check_alive()
             ends = await offsets.end()
             n = sum(ends.values())
             now = time.monotonic()
             if n != seen:
                 seen, last_progress = n, now
             if n and first is None:
-                first, first_at = (n, sample(child.pid)), now
+                first, first_at = (n, sample()), now
             while pending and n >= pending[0] * expected:
-                s = sample(child.pid)
+                s = sample()
                 rss_at[f"{round(pending.pop(0) * events):d}"] = round(s.rss / 2**20, 1)
             capped = max_seconds is not None and first is not None and now - first_at > max_seconds
             if n >= expected or capped:
-                end = sample(child.pid)
+                end = sample()
                 wall = now - child.started_at
                 break
             limit = first_output_timeout if first is None else stall_timeout

@@ -31,6 +31,12 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(cpu, mem.get("VmRSS", 0), mem.get("VmHWM", 0))
 
 
+def sample_many(pids: list[int]) -> ProcSample:
+    """The sum of ``sample`` over processes (peak RSS: the sum of each one's peak)."""
+    samples = [sample(pid) for pid in pids]
+    return ProcSample(sum(s.cpu_s for s in samples), sum(s.rss for s in samples), sum(s.hwm for s in samples))
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     import platform

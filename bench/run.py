@@ -1,4 +1,4 @@
-"""The benchmark: raw ceiling, naive faust, supernova worker, latency, replay.
+"""The benchmark: raw ceiling, naive faust, supernova worker (2 processes, 1), latency, replay.
 
 One broker (started here on free ports with a temporary data directory, or an
 existing one with ``--bootstrap``), one input topic preloaded once with the first
@@ -7,16 +7,16 @@ that topic with a fresh consumer group into its own LogAppendTime output topic:
 
 1. raw ceiling: ``bench/raw_passthrough.py``, aiokafka consume -> produce, bytes unchanged;
 2. naive faust: ``bench/naive_faust.py``, the per-event agent a typical user writes;
-3. supernova worker: ``supernova worker`` with a 200-tree model;
-4. latency: the same worker, fed at 50% of its measured rate;
-5. replay: ``supernova replay`` over the whole file (no broker involved).
+3. supernova worker, ``--processes`` (2) processes in one consumer group;
+4. supernova worker: ``supernova worker`` with a 200-tree model, one process;
+5. latency: that worker, fed at 50% of its measured rate (after a warm-up at that rate);
+6. replay: ``supernova replay`` over the whole file (no broker involved).
 
 The input topic has 4 partitions: the worker's default (``WorkerConfig.partitions``),
 so its scores co-partition with the events, and room for four worker processes.
-On two cores one process takes all four: two processes in one group measured
-23.2k scores/s against 27.4k for one (2026-11-26, same broker and input), since
-the broker needs the second core. More partitions would only split each poll into
-smaller per-partition batches (one RocksDB write and one commit each).
+The broker started here keeps Kafka's ``group.initial.rebalance.delay.ms`` of 3 s,
+so processes started together join one group before it assigns partitions (with 0,
+the first one took all four and started, and the rebalance came mid-run).
 
     python -m bench                  # default: 200,000 events, writes bench/results/
     python -m bench --smoke          # 2,000 events: correctness of every system only
@@ -63,7 +63,7 @@ log = logging.getLogger("bench")
 SPEC = REPO / "examples" / "fraud" / "spec.py"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 DATA = REPO.parent / "shared" / "data"
-PHASES = ("raw", "naive", "worker", "latency", "replay")
+PHASES = ("raw", "naive", "workers", "worker", "latency", "replay")
 SMOKE_EVENTS = 2_000
 SMOKE_LATENCY_S = 3.0
 SMOKE_MAX_RATE = 500.0
@@ -91,9 +91,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, help="use this model artifact instead of training one")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--latency-seconds", type=float, help="length of the latency phase (default 60)")
+    p.add_argument(
+        "--latency-warmup", type=float, help="seconds at the same rate before the measured phase (default 20)"
+    )
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
     p.add_argument(
         "--latency-rate", type=float, help="events/s of the latency phase instead (to compare two builds)"
+    )
+    p.add_argument(
+        "--processes", type=int, default=2, help="worker processes in one group, in the workers phase"
     )
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--naive-tuned", action="store_true", help="also run naive faust with a 16 MB fetch size")
@@ -122,6 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.naive_max_seconds = None
     if args.latency_seconds is None:
         args.latency_seconds = SMOKE_LATENCY_S if args.smoke else 60.0
+    if args.latency_warmup is None:
+        args.latency_warmup = 0.0 if args.smoke else 20.0
     default_input = DATA / "fraudTest.csv.gz"
     args.input = args.input or (default_input if default_input.is_file() else SAMPLE)
     default_train = DATA / "fraudTrain.csv.gz"
@@ -174,7 +182,9 @@ def _broker(bootstrap: str | None, work: Path) -> Iterator[str]:
     except ImportError:
         sys.path.insert(0, str(REPO / "tests"))
         from kafka_broker import KafkaBroker  # type: ignore[no-redef]
-    broker = KafkaBroker(work / "kafka")
+    # Kafka's default group.initial.rebalance.delay.ms (3 s; scripts/kafka sets 0 for the
+    # tests): worker processes started together join one group before it assigns.
+    broker = KafkaBroker(work / "kafka", env={"KAFKA_INITIAL_REBALANCE_DELAY_MS": "3000"})
     log.info("starting a Kafka broker on %s", broker.bootstrap)
     try:
         broker.start()
@@ -196,8 +206,10 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "trees": TREES,
             "smoke": args.smoke,
             "latency_seconds": args.latency_seconds,
+            "latency_warmup_seconds": args.latency_warmup,
             "latency_load": args.latency_load,
             "latency_rate": args.latency_rate,
+            "processes": args.processes,
             "phases": args.phases,
             "worker_args": args.worker_args,
             "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
@@ -231,7 +243,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
 
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     topic = f"{run_id}.events"
-    out = {k: f"{run_id}.{k}.out" for k in ("raw", "naive", "naive_tuned", "worker")}
+    out = {k: f"{run_id}.{k}.out" for k in ("raw", "naive", "naive_tuned", "worker", "workers")}
     await create_topics(bootstrap, [topic], args.partitions)
     await create_topics(bootstrap, out.values(), args.partitions, log_append_time=True)
     t = time.monotonic()
@@ -297,18 +309,49 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 max_seconds=args.naive_max_seconds,
                 **common,
             )
+    if "workers" in args.phases:  # before the latency phase adds events to the topic
+        name = f"workers{args.processes}"
+        children = [
+            Child(
+                name if k == 0 else f"{name}-{k}",
+                python(
+                    "-m",
+                    "bench.worker_entry",
+                    "--",
+                    *_worker_args(
+                        args,
+                        model,
+                        bootstrap,
+                        topic,
+                        out["workers"],
+                        work / f"{name}-{k}",
+                        f"{run_id}-sn{args.processes}",
+                    ),
+                ),
+                work / f"{name}-{k}.log",
+            )
+            for k in range(args.processes)
+        ]
+        try:
+            runs["workers"] = await _one(
+                children[0],
+                out["workers"],
+                expected=len(txn_ids),
+                decode=_decode_score,
+                others=children[1:],
+                marks=(0.5, 1.0),
+                **common,
+            )
+        finally:
+            for c in children:
+                c.stop()
     if "worker" in args.phases:
-        worker_args = [
-            "worker", "--spec", str(SPEC), "--model", str(model), "--bootstrap", bootstrap,
-            "--data-dir", str(work / "worker"), "--app-id", f"{run_id}-sn",
-            "--partitions", str(args.partitions),
-            "--events-topic", topic, "--scores-topic", out["worker"], "--dlq-topic", f"{run_id}.dlq",
-            "--http-port", str(_free_port()),
-        ]  # fmt: skip
+        worker_args = _worker_args(
+            args, model, bootstrap, topic, out["worker"], work / "worker", f"{run_id}-sn"
+        )
         profile = ["--profile", str(args.profile.resolve())] if args.profile else []
         if args.timing:
             profile += ["--timing", str(args.timing.resolve())]
-        worker_args += args.worker_args.split()
         cmd = python("-m", "bench.worker_entry", *profile, "--", *worker_args)
         child = Child("worker", cmd, work / "worker.log")
         try:
@@ -327,7 +370,18 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 rate = args.latency_rate or args.latency_load * runs["worker"].events_per_s
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
-                events = list(islice(continuation(base, n), max(1, int(rate * args.latency_seconds))))
+                stream = continuation(base, n)
+                if args.latency_warmup > 0:
+                    # Not measured: the broker's JIT compiles the paths of this small-request
+                    # load during its first ~30 s (C2 threads took 10-28% of a core).
+                    warm = list(islice(stream, max(1, int(rate * args.latency_warmup))))
+                    log.info("latency: warm-up, %s events at %.0f events/s", f"{len(warm):,}", rate)
+                    w = await measure_latency(
+                        bootstrap, topic, out["worker"], args.partitions, codec, warm, rate, child.pid
+                    )
+                    results["latency_warmup"] = {k: v for k, v in w.__dict__.items() if k != "by_second"}
+                    log.info("latency: warm-up p50 %.0f ms, p99 %.0f ms (not counted)", w.p50_ms, w.p99_ms)
+                events = list(islice(stream, max(1, int(rate * args.latency_seconds))))
                 log.info(
                     "latency: %s events at %.0f events/s into the running worker", f"{len(events):,}", rate
                 )
@@ -344,6 +398,20 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
         results["runs"].update(_replay(args, model, work))
     results["checks"] = _checks(runs, n, txn_ids, results)
     return results
+
+
+def _worker_args(
+    args: argparse.Namespace, model: Path, bootstrap: str, topic: str, out: str, data_dir: Path, app_id: str
+) -> list[str]:
+    """``supernova worker`` arguments for one worker process of the bench."""
+    return [
+        "worker", "--spec", str(SPEC), "--model", str(model), "--bootstrap", bootstrap,
+        "--data-dir", str(data_dir), "--app-id", app_id,
+        "--partitions", str(args.partitions),
+        "--events-topic", topic, "--scores-topic", out, "--dlq-topic", f"{app_id}.dlq",
+        "--http-port", str(_free_port()),
+        *args.worker_args.split(),
+    ]  # fmt: skip
 
 
 async def _one(child: Child, out_topic: str, stop: bool = True, **kw: Any) -> Run:
@@ -458,7 +526,7 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
             f"raw: {runs['raw'].outputs:,} copies of {n:,} events" + ("" if good else "  [MISMATCH]")
         )
     scores: dict[str, dict[str, float]] = {}
-    for key in ("naive_faust", "naive_faust_tuned", "worker"):
+    for key in ("naive_faust", "naive_faust_tuned", "worker", "workers"):
         if key not in runs:
             continue
         run = runs[key]
@@ -486,6 +554,14 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
         lines.append(
             f"naive faust vs worker scores: max |Δ| {worst:.2e}, {differ} of {len(diffs):,} differ by "
             f"> {SCORE_TOLERANCE:g} (float summation order in std/means can move a tree split)"
+        )
+    if "worker" in scores and "workers" in scores:  # same features, same model: same scores
+        a, b = scores["worker"], scores["workers"]
+        worst = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=0.0)
+        good = worst <= 1e-12
+        ok &= good
+        lines.append(
+            f"worker vs {runs['workers'].name}: max |Δ| {worst:.2e}" + ("" if good else "  [MISMATCH]")
         )
     lat = results.get("latency")
     if lat is not None:

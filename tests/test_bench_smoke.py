@@ -26,6 +26,7 @@ def test_every_system_scores_every_event_in_smoke_mode(kafka_broker, tmp_path: P
     events = results["config"]["events"]
     assert runs["raw"]["outputs"] == events
     assert runs["naive_faust"]["outputs"] == runs["worker"]["outputs"] > 0
+    assert runs["workers"]["outputs"] == runs["worker"]["outputs"]  # two processes, one group
     assert results["latency"]["scores"] > 0
     assert runs["replay"]["events_per_s"] > 0
     assert (tmp_path / "latest.png").stat().st_size > 0
