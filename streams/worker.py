@@ -93,6 +93,10 @@ class WorkerConfig:
     max_event_bytes: int = 64 * 1024
     max_future_ms: int = 86_400_000  # events further ahead of the wall clock go to the DLQ
     exactly_once: bool = False
+    # A crashed worker's open transaction holds back every read_committed reader of
+    # its partitions (the new owner's scores included) until the broker aborts it at
+    # this timeout: 10 s as Kafka Streams sets for exactly-once, not the client's 60 s.
+    transaction_timeout_ms: int = 10_000
     max_cached_records: int = 100_000
     kafka: dict[str, Any] = field(default_factory=dict)  # security settings, passed through
 
@@ -232,7 +236,14 @@ class BatchWorker:
             "max_request_size": 4 * MAX_PRODUCER_BATCH,
             "request_timeout_ms": 60_000,
         }
-        eos = {"transactional_id": self.transactional_id} if self.cfg.exactly_once else {}
+        eos = (
+            {
+                "transactional_id": self.transactional_id,
+                "transaction_timeout_ms": self.cfg.transaction_timeout_ms,
+            }
+            if self.cfg.exactly_once
+            else {}
+        )
         self.producer = AIOKafkaProducer(**producer, **eos, linger_ms=1)
         await self.producer.start()
         if self.cfg.exactly_once:  # one transaction: scores, changelog and offsets together
