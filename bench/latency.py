@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from bench.harness import Offsets, read_range
-from bench.procstat import sample
+from bench.procstat import sample_many
 from entities.events import Event, EventCodec
 from streams.produce import produce
 
@@ -74,7 +74,7 @@ class Latency:
     to_scored_p99_ms: float
     publish_p50_ms: float  # scored_at -> score LogAppendTime (encode, send, broker append)
     publish_p99_ms: float
-    worker_cpu_percent: float  # of one core, during the phase
+    worker_cpu_percent: float  # of one core, during the phase (all the worker processes)
     worker_rss_mb: float
     # Per second of event CreateTime: [p50, p99, max] ms. Shows whether the tail is
     # spread out or comes in bursts (e.g. once per commit interval).
@@ -89,7 +89,7 @@ async def measure_latency(
     codec: EventCodec,
     events: list[Event],
     rate: float,
-    worker_pid: int,
+    worker_pids: list[int],
     drain_timeout: float = 60,
 ) -> Latency:
     """Publish ``events`` at ``rate``; wait for their scores; percentiles of the latencies."""
@@ -99,7 +99,7 @@ async def measure_latency(
         Offsets(bootstrap, out_topic, partitions) as outs,
     ):
         in_start, out_start = await ins.end(), await outs.end()
-        cpu0, t0 = sample(worker_pid).cpu_s, time.monotonic()
+        cpu0, t0 = sample_many(worker_pids).cpu_s, time.monotonic()
         sent = await produce(bootstrap, in_topic, codec, iter(events), rate=rate, partitions=partitions)
         produced_s = time.monotonic() - t0
         deadline = time.monotonic() + drain_timeout
@@ -107,7 +107,7 @@ async def measure_latency(
             if time.monotonic() > deadline:  # fell behind: report what came, flagged incomplete
                 break
             await asyncio.sleep(0.05)
-        after = sample(worker_pid)
+        after = sample_many(worker_pids)
         busy_s = time.monotonic() - t0
         in_end, out_end = await ins.end(), await outs.end()
     created = {

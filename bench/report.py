@@ -127,40 +127,10 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
             ),
         )
     console.print(table)
-    lat = results.get("latency")
-    if lat:
-        t = Table(title="Latency: score LogAppendTime − event CreateTime, worker at steady load")
-        cols = (
-            "rate (target / achieved)",
-            "events",
-            "p50",
-            "p95",
-            "p99",
-            "max",
-            "until scored p50/p99",
-            "publish p50/p99",
-            "worker CPU",
-        )
-        for col in cols:
-            t.add_column(col, justify="right")
-        t.add_row(
-            f"{lat['target_rate']:,.0f} / {lat['achieved_rate']:,.0f} ev/s for {lat['seconds']:.0f} s",
-            f"{lat['events']:,}",
-            *(f"{lat[k]:.0f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
-            f"{lat['to_scored_p50_ms']:.0f} / {lat['to_scored_p99_ms']:.0f} ms",
-            f"{lat['publish_p50_ms']:.0f} / {lat['publish_p99_ms']:.0f} ms",
-            f"{lat['worker_cpu_percent']:.0f}% of a core",
-        )
-        console.print(t)
-        series = lat.get("by_second") or []
-        if series:
-            worst = max(range(len(series)), key=lambda i: series[i][1])
-            over = sum(1 for row in series if row[1] > 25)
-            p50, p99, top = series[worst]
-            console.print(
-                f"per second: p99 above 25 ms in {over} of {len(series)} seconds; worst second "
-                f"{worst}: p50 {p50:.0f}, p99 {p99:.0f}, max {top:.0f} ms"
-            )
+    for key, who in (("latency", "worker"), ("latency_workers", f"{cfg.get('processes')} worker processes")):
+        lat = results.get(key)
+        if lat:
+            _print_latency(console, lat, who)
     t = Table(title="Targets")
     for col in ("target", "measured", "met"):
         t.add_column(col)
@@ -175,6 +145,42 @@ def print_table(results: dict[str, Any], console: Console | None = None) -> None
         console.print(
             f"note: load average {load[0]:.1f} at the start on {results['machine']['nproc']} cores: other "
             "processes shared the machine, so events/s are lower bounds; CPU µs/event is the steadier number"
+        )
+
+
+def _print_latency(console: Console, lat: dict[str, Any], who: str) -> None:
+    """One latency phase: percentiles, their parts, and the worst second."""
+    t = Table(title=f"Latency: score LogAppendTime − event CreateTime, {who} at steady load")
+    cols = (
+        "rate (target / achieved)",
+        "events",
+        "p50",
+        "p95",
+        "p99",
+        "max",
+        "until scored p50/p99",
+        "publish p50/p99",
+        "worker CPU",
+    )
+    for col in cols:
+        t.add_column(col, justify="right")
+    t.add_row(
+        f"{lat['target_rate']:,.0f} / {lat['achieved_rate']:,.0f} ev/s for {lat['seconds']:.0f} s",
+        f"{lat['events']:,}",
+        *(f"{lat[k]:.0f} ms" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")),
+        f"{lat['to_scored_p50_ms']:.0f} / {lat['to_scored_p99_ms']:.0f} ms",
+        f"{lat['publish_p50_ms']:.0f} / {lat['publish_p99_ms']:.0f} ms",
+        f"{lat['worker_cpu_percent']:.0f}% of a core",
+    )
+    console.print(t)
+    series = lat.get("by_second") or []
+    if series:
+        worst = max(range(len(series)), key=lambda i: series[i][1])
+        over = sum(1 for row in series if row[1] > 25)
+        p50, p99, top = series[worst]
+        console.print(
+            f"per second: p99 above 25 ms in {over} of {len(series)} seconds; worst second "
+            f"{worst}: p50 {p50:.0f}, p99 {p99:.0f}, max {top:.0f} ms"
         )
 
 

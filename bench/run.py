@@ -21,6 +21,10 @@ the first one took all four and started, and the rebalance came mid-run).
     python -m bench                  # default: 200,000 events, writes bench/results/
     python -m bench --smoke          # 2,000 events: correctness of every system only
     python -m bench --bootstrap 127.0.0.1:9092 --events 50000 --only worker,latency
+    python -m bench --only workers,worker,latency --latency-rate 17500 --workers-latency-rate 17500
+
+``--workers-latency-rate`` also measures the latency of the worker processes, on
+their own copy of the input topic (their latency phase appends to it).
 """
 
 from __future__ import annotations
@@ -100,6 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--processes", type=int, default=2, help="worker processes in one group, in the workers phase"
+    )
+    p.add_argument(
+        "--workers-latency-rate",
+        type=float,
+        help="also measure the latency of the worker processes at this rate (events/s)",
     )
     p.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--naive-tuned", action="store_true", help="also run naive faust with a 16 MB fetch size")
@@ -210,6 +219,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "latency_load": args.latency_load,
             "latency_rate": args.latency_rate,
             "processes": args.processes,
+            "workers_latency_rate": args.workers_latency_rate,
             "phases": args.phases,
             "worker_args": args.worker_args,
             "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
@@ -311,6 +321,11 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             )
     if "workers" in args.phases:  # before the latency phase adds events to the topic
         name = f"workers{args.processes}"
+        workers_topic = topic
+        if args.workers_latency_rate:  # its latency phase must not add events to the shared topic
+            workers_topic = f"{topic}.{name}"
+            await create_topics(bootstrap, [workers_topic], args.partitions)
+            await produce(bootstrap, workers_topic, codec, iter(preload), partitions=args.partitions)
         children = [
             Child(
                 name if k == 0 else f"{name}-{k}",
@@ -322,7 +337,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                         args,
                         model,
                         bootstrap,
-                        topic,
+                        workers_topic,
                         out["workers"],
                         work / f"{name}-{k}",
                         f"{run_id}-sn{args.processes}",
@@ -340,8 +355,20 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 decode=_decode_score,
                 others=children[1:],
                 marks=(0.5, 1.0),
+                stop=False,
                 **common,
             )
+            if args.workers_latency_rate:
+                results["latency_workers"] = await _latency(
+                    args,
+                    bootstrap,
+                    workers_topic,
+                    out["workers"],
+                    codec,
+                    continuation(base, n),
+                    args.workers_latency_rate,
+                    [c.pid for c in children],
+                )
         finally:
             for c in children:
                 c.stop()
@@ -370,26 +397,9 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 rate = args.latency_rate or args.latency_load * runs["worker"].events_per_s
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
-                stream = continuation(base, n)
-                if args.latency_warmup > 0:
-                    # Not measured: the broker's JIT compiles the paths of this small-request
-                    # load during its first ~30 s (C2 threads took 10-28% of a core).
-                    warm = list(islice(stream, max(1, int(rate * args.latency_warmup))))
-                    log.info("latency: warm-up, %s events at %.0f events/s", f"{len(warm):,}", rate)
-                    w = await measure_latency(
-                        bootstrap, topic, out["worker"], args.partitions, codec, warm, rate, child.pid
-                    )
-                    results["latency_warmup"] = {k: v for k, v in w.__dict__.items() if k != "by_second"}
-                    log.info("latency: warm-up p50 %.0f ms, p99 %.0f ms (not counted)", w.p50_ms, w.p99_ms)
-                events = list(islice(stream, max(1, int(rate * args.latency_seconds))))
-                log.info(
-                    "latency: %s events at %.0f events/s into the running worker", f"{len(events):,}", rate
+                results["latency"] = await _latency(
+                    args, bootstrap, topic, out["worker"], codec, continuation(base, n), rate, [child.pid]
                 )
-                lat = await measure_latency(
-                    bootstrap, topic, out["worker"], args.partitions, codec, events, rate, child.pid
-                )
-                results["latency"] = lat.__dict__
-                log.info("latency: p50 %.0f ms, p99 %.0f ms", lat.p50_ms, lat.p99_ms)
         finally:
             child.stop()
     for key, r in runs.items():
@@ -398,6 +408,33 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
         results["runs"].update(_replay(args, model, work))
     results["checks"] = _checks(runs, n, txn_ids, results)
     return results
+
+
+async def _latency(
+    args: argparse.Namespace,
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    codec: Any,
+    stream: Iterator[Event],
+    rate: float,
+    pids: list[int],
+) -> dict[str, Any]:
+    """A warm-up at ``rate`` (reported, not counted), then the measured latency phase."""
+    warmup = None
+    if args.latency_warmup > 0:
+        # Not measured: the broker's JIT compiles the paths of this small-request load
+        # during its first ~30 s (its C2 threads took 10-28% of a core).
+        warm = list(islice(stream, max(1, int(rate * args.latency_warmup))))
+        log.info("latency: warm-up, %s events at %.0f events/s", f"{len(warm):,}", rate)
+        w = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, warm, rate, pids)
+        warmup = {k: v for k, v in w.__dict__.items() if k != "by_second"}
+        log.info("latency: warm-up p50 %.0f ms, p99 %.0f ms (not counted)", w.p50_ms, w.p99_ms)
+    events = list(islice(stream, max(1, int(rate * args.latency_seconds))))
+    log.info("latency: %s events at %.0f events/s into the running worker", f"{len(events):,}", rate)
+    lat = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, events, rate, pids)
+    log.info("latency: p50 %.0f ms, p99 %.0f ms", lat.p50_ms, lat.p99_ms)
+    return {**lat.__dict__, "warmup": warmup}
 
 
 def _worker_args(
@@ -563,15 +600,16 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
         lines.append(
             f"worker vs {runs['workers'].name}: max |Δ| {worst:.2e}" + ("" if good else "  [MISMATCH]")
         )
-    lat = results.get("latency")
-    if lat is not None:
-        expected = lat["expected_scores"]
-        good = lat["scores"] == expected
-        ok &= good
-        lines.append(
-            f"latency: {lat['scores']:,} scores for {expected:,} transactions"
-            + ("" if good else "  [MISMATCH: the worker fell behind; percentiles are lower bounds]")
-        )
+    for key in ("latency", "latency_workers"):
+        lat = results.get(key)
+        if lat is not None:
+            expected = lat["expected_scores"]
+            good = lat["scores"] == expected
+            ok &= good
+            lines.append(
+                f"{key}: {lat['scores']:,} scores for {expected:,} transactions"
+                + ("" if good else "  [MISMATCH: the worker fell behind; percentiles are lower bounds]")
+            )
     return {"ok": bool(ok), "lines": lines}
 
 

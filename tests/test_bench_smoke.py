@@ -17,7 +17,8 @@ pytestmark = pytest.mark.kafka
 
 
 def test_every_system_scores_every_event_in_smoke_mode(kafka_broker, tmp_path: Path) -> None:
-    code = main(["--smoke", "--bootstrap", kafka_broker.bootstrap, "--out", str(tmp_path)])
+    args = ["--smoke", "--bootstrap", kafka_broker.bootstrap, "--out", str(tmp_path)]
+    code = main([*args, "--workers-latency-rate", "500"])
 
     results = json.loads((tmp_path / "latest.json").read_text())
     assert code == 0, "\n".join(results["checks"]["lines"])
@@ -28,5 +29,6 @@ def test_every_system_scores_every_event_in_smoke_mode(kafka_broker, tmp_path: P
     assert runs["naive_faust"]["outputs"] == runs["worker"]["outputs"] > 0
     assert runs["workers"]["outputs"] == runs["worker"]["outputs"]  # two processes, one group
     assert results["latency"]["scores"] > 0
+    assert results["latency_workers"]["scores"] == results["latency_workers"]["expected_scores"] > 0
     assert runs["replay"]["events_per_s"] > 0
     assert (tmp_path / "latest.png").stat().st_size > 0
