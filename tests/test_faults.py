@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -244,17 +245,38 @@ def test_broker_restart_mid_stream(kafka_broker, model: Path, events, tmp_path: 
     _check("broker restart", dead, evs, scores, want, got, started)
 
 
-@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
-def test_rebalance_two_workers(kafka_broker, model: Path, events, tmp_path: Path, exactly_once: bool) -> None:
-    evs, want = events
-    started = time.monotonic()
-    a = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "a", partitions=PARTITIONS)
-    b = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "b", prefix=a.prefix, partitions=PARTITIONS)
+def _two_workers(
+    bootstrap: str, model: Path, tmp_path: Path, evs: list[Event], exactly_once: bool
+) -> tuple[WorkerProcess, WorkerProcess, threading.Thread]:
+    """Two workers in one group, then the events fed at 8,000/s in the background."""
+    a = WorkerProcess(bootstrap, model, tmp_path / "a", partitions=PARTITIONS)
+    b = WorkerProcess(bootstrap, model, tmp_path / "b", prefix=a.prefix, partitions=PARTITIONS)
     if exactly_once:  # two transactional producers, fencing nothing: each its own data dir
         a.extra = b.extra = ["--exactly-once"]
     a.start()
     b.start(ready=lambda h: bool(h and h.get("status") == "ok"))
-    feeder = _publish_in_background(kafka_broker.bootstrap, a.topics["events"], evs, rate=8_000)
+    return a, b, _publish_in_background(bootstrap, a.topics["events"], evs, rate=8_000)
+
+
+def _check_changelog(name: str, broker: Any, model: Path, tmp: Path, a: WorkerProcess, *args: Any) -> None:
+    """``_check`` against a fresh restore of the changelog: it holds the truth after rebalances.
+
+    ``args``: the events fixture, the scores, the start time and whether exactly-once.
+    """
+    (evs, want), scores, started, exactly_once = args
+    c = WorkerProcess(broker.bootstrap, model, tmp / "c", prefix=a.prefix, partitions=PARTITIONS)
+    c.start()
+    c.stop()
+    got = _stored_records([tmp / "c"], a.topics["events"])
+    dead = _dead_letters(broker.bootstrap, a.topics["dlq"])
+    _check(name, dead, evs, scores, want, got, started, exactly_once)
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_rebalance_two_workers(kafka_broker, model: Path, events, tmp_path: Path, exactly_once: bool) -> None:
+    evs, _ = events
+    started = time.monotonic()
+    a, b, feeder = _two_workers(kafka_broker.bootstrap, model, tmp_path, evs, exactly_once)
     try:
         time.sleep(3)
         b.stop()
@@ -268,34 +290,16 @@ def test_rebalance_two_workers(kafka_broker, model: Path, events, tmp_path: Path
     finally:
         a.stop()
         b.stop()
-    # After the last rebalance each partition's newest state is in one of the two stores;
-    # the changelog is the truth: compare a fresh restore of it with replay.
-    c = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "c", prefix=a.prefix, partitions=PARTITIONS)
-    c.start()
-    c.stop()
     mode = "exactly-once" if exactly_once else "at-least-once"
-    _check(
-        f"rebalance (2 workers, 4 partitions, {mode})",
-        _dead_letters(kafka_broker.bootstrap, a.topics["dlq"]),
-        evs,
-        scores,
-        want,
-        _stored_records([tmp_path / "c"], a.topics["events"]),
-        started,
-        exactly_once,
-    )
+    name = f"rebalance (2 workers, 4 partitions, {mode})"
+    _check_changelog(name, kafka_broker, model, tmp_path, a, events, scores, started, exactly_once)
 
 
 def test_kill_one_of_two_exactly_once_workers(kafka_broker, model: Path, events, tmp_path: Path) -> None:
     """The survivor takes over; the dead one's open transaction is aborted at its timeout."""
-    evs, want = events
+    evs, _ = events
     started = time.monotonic()
-    a = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "a", partitions=PARTITIONS)
-    b = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "b", prefix=a.prefix, partitions=PARTITIONS)
-    a.extra = b.extra = ["--exactly-once"]
-    a.start()
-    b.start(ready=lambda h: bool(h and h.get("status") == "ok"))
-    feeder = _publish_in_background(kafka_broker.bootstrap, a.topics["events"], evs, rate=8_000)
+    a, b, feeder = _two_workers(kafka_broker.bootstrap, model, tmp_path, evs, exactly_once=True)
     try:
         time.sleep(4)
         b.kill()
@@ -312,19 +316,8 @@ def test_kill_one_of_two_exactly_once_workers(kafka_broker, model: Path, events,
     # timeout the last scores became visible 66 s after the kill; with 10 s, 16 s (the
     # feed itself runs ~9 s past the kill).
     assert waited < 40, f"read_committed readers waited {waited:.0f} s for the dead worker's transaction"
-    c = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "c", prefix=a.prefix, partitions=PARTITIONS)
-    c.start()
-    c.stop()
-    _check(
-        "kill -9 one of two workers (exactly-once)",
-        _dead_letters(kafka_broker.bootstrap, a.topics["dlq"]),
-        evs,
-        scores,
-        want,
-        _stored_records([tmp_path / "c"], a.topics["events"]),
-        started,
-        exactly_once=True,
-    )
+    name = "kill -9 one of two workers (exactly-once)"
+    _check_changelog(name, kafka_broker, model, tmp_path, a, events, scores, started, True)
 
 
 def test_poison_record_is_quarantined(kafka_broker, model: Path, events, tmp_path: Path) -> None:
