@@ -12,10 +12,10 @@ loop iteration (a tenth of the time the iteration took, and idle time), so that 
 poll waits for all of them (work in bursts is what makes latency tails at steady
 load). A noted record that a poll is about to change first gets copied (a few µs);
 the others are encoded as they are, since they still hold the boundary's state.
-Then, as a background task, it waits until the scores sent so far are acknowledged, writes the
-records once to the compacted changelog, then one RocksDB ``WriteBatch`` per
-partition with those records *and* the input offset they cover, then commits the
-consumer offsets. In exactly-once mode the span between checkpoints is one Kafka
+Then, as a background task, it waits until the scores sent so far are acknowledged,
+writes the records once to the compacted changelog, then one RocksDB ``WriteBatch``
+per partition with those records *and* the input offset they cover, then commits
+the consumer offsets. In exactly-once mode the span between checkpoints is one Kafka
 transaction (scores, dead letters, changelog and offsets), persisted before the next
 poll.
 
