@@ -156,16 +156,15 @@ class _Checkpoint:
                     if entity_id in pending and pending[entity_id] is None:
                         pending[entity_id] = snapshot(records[entity_id])
 
-    def encode(self, limit: int | None = None, until: float | None = None) -> bool:
-        """Encode ``limit`` records, or until ``perf_counter()`` passes ``until``; True once none are left.
+    def encode(self, until: float | None = None) -> bool:
+        """Encode records until ``perf_counter()`` passes ``until`` (all if None); True once none are left.
 
-        At least one record per call; all of them if neither is given.
+        At least one record per call, so that a checkpoint always moves on.
         """
-        left = limit
         clock = time.perf_counter
         for span in self.spans:
             pending, records, codec = span.pending, span.part.engine.records, span.part.engine.codec
-            while pending and (left is None or left > 0):
+            while pending:
                 entity_id, snapshot = pending.popitem()
                 if snapshot is None:  # unchanged since the boundary
                     data = codec.encode(records[entity_id])
@@ -173,11 +172,9 @@ class _Checkpoint:
                     data = codec.encode_snapshot(snapshot)
                 span.changed.append((entity_id, data))
                 span.batch.put(entity_id.encode(), data)  # copied now: a little at a time, too
-                if left is not None:
-                    left -= 1
                 if until is not None and clock() >= until:
-                    left = 0
-        return not any(span.pending for span in self.spans)
+                    return not any(span.pending for span in self.spans)
+        return True
 
 
 class BatchWorker:

@@ -51,7 +51,9 @@ def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> No
     assert checkpoint is not None
     assert not checkpoint.encode(until=0.0)  # a deadline already past: one record, not none
     assert len(checkpoint.spans[0].changed) == 1
-    checkpoint.encode(limit=50)  # some records are encoded before the loop goes on
+    for _ in range(49):  # some records are encoded before the loop goes on
+        checkpoint.encode(until=0.0)
+    assert len(checkpoint.spans[0].changed) == 50
     for start in range(0, len(after), 500):  # polls after the boundary
         _poll(worker, part, after[start : start + 500], len(before) + start)
     checkpoint.encode()
