@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ class BulkHistogram:
     def __init__(self, name: str, doc: str, buckets: Sequence[float], registry: CollectorRegistry) -> None:
         self.name, self.doc = name, doc
         self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._bounds = [float(b) for b in buckets]
         self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)
         self.total = 0.0
         registry.register(self)
@@ -27,8 +29,9 @@ class BulkHistogram:
             self.total += float(values.sum())
 
     def observe(self, value: float) -> None:
-        """Count one value."""
-        self.observe_many(np.array([value], dtype=np.float64))
+        """Count one value: bisect, where a numpy call costs ~3 µs (several times that cold)."""
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.total += value
 
     def collect(self) -> Iterator[Metric]:
         """Prometheus exposition: cumulative buckets, count and sum."""
