@@ -9,7 +9,8 @@ that topic with a fresh consumer group into its own LogAppendTime output topic:
 2. naive faust: ``bench/naive_faust.py``, the per-event agent a typical user writes;
 3. supernova worker, ``--processes`` (2) processes in one consumer group;
 4. supernova worker: ``supernova worker`` with a 200-tree model, one process;
-5. latency: that worker, fed at 50% of its measured rate (after a warm-up at that rate);
+5. latency: that worker, fed at 50% of its measured rate (after a warm-up at that rate),
+   then at lower loads (``--latency-curve``): up to which load p99 stays within 25 ms;
 6. replay: ``supernova replay`` over the whole file (no broker involved).
 
 The input topic has 4 partitions: the worker's default (``WorkerConfig.partitions``),
@@ -100,6 +101,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
     p.add_argument(
+        "--latency-curve",
+        help="after the latency phase, these fractions of the worker's rate too, comma-separated "
+        "(default 0.3,0.4; smoke: 0.25; '' for none)",
+    )
+    p.add_argument(
+        "--curve-seconds", type=float, help="length of each --latency-curve phase (default 20; smoke 3)"
+    )
+    p.add_argument(
         "--latency-rate", type=float, help="events/s of the latency phase instead (to compare two builds)"
     )
     p.add_argument(
@@ -139,6 +148,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.latency_seconds = SMOKE_LATENCY_S if args.smoke else 60.0
     if args.latency_warmup is None:
         args.latency_warmup = 0.0 if args.smoke else 20.0
+    if args.latency_curve is None:
+        args.latency_curve = "0.25" if args.smoke else "0.3,0.4"
+    try:
+        args.curve_loads = [float(x) for x in args.latency_curve.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--latency-curve: fractions like 0.25,0.35, not {args.latency_curve!r}")
+    if args.curve_seconds is None:
+        args.curve_seconds = SMOKE_LATENCY_S if args.smoke else 20.0
     default_input = DATA / "fraudTest.csv.gz"
     args.input = args.input or (default_input if default_input.is_file() else SAMPLE)
     default_train = DATA / "fraudTrain.csv.gz"
@@ -217,6 +234,8 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "latency_seconds": args.latency_seconds,
             "latency_warmup_seconds": args.latency_warmup,
             "latency_load": args.latency_load,
+            "latency_curve": args.curve_loads,
+            "curve_seconds": args.curve_seconds,
             "latency_rate": args.latency_rate,
             "processes": args.processes,
             "workers_latency_rate": args.workers_latency_rate,
@@ -397,8 +416,13 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 rate = args.latency_rate or args.latency_load * runs["worker"].events_per_s
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
+                stream = continuation(base, n)
                 results["latency"] = await _latency(
-                    args, bootstrap, topic, out["worker"], codec, continuation(base, n), rate, [child.pid]
+                    args, bootstrap, topic, out["worker"], codec, stream, rate, [child.pid]
+                )
+                worker_rate = runs["worker"].events_per_s
+                results["latency_curve"] = await _curve(
+                    args, bootstrap, topic, out["worker"], codec, stream, worker_rate, [child.pid]
                 )
         finally:
             child.stop()
@@ -435,6 +459,28 @@ async def _latency(
     lat = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, events, rate, pids)
     log.info("latency: p50 %.0f ms, p99 %.0f ms", lat.p50_ms, lat.p99_ms)
     return {**lat.__dict__, "warmup": warmup}
+
+
+async def _curve(
+    args: argparse.Namespace,
+    bootstrap: str,
+    topic: str,
+    out_topic: str,
+    codec: Any,
+    stream: Iterator[Event],
+    max_rate: float,
+    pids: list[int],
+) -> list[dict[str, Any]]:
+    """Latency at each ``--latency-curve`` load, highest first; no warm-up (the latency phase was one)."""
+    points = []
+    for load in sorted(args.curve_loads, reverse=True):
+        rate = min(load * max_rate, SMOKE_MAX_RATE) if args.smoke else load * max_rate
+        events = list(islice(stream, max(1, int(rate * args.curve_seconds))))
+        log.info("latency curve: %.0f%% load, %s events at %.0f/s", 100 * load, f"{len(events):,}", rate)
+        lat = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, events, rate, pids)
+        log.info("latency curve: %.0f%% load: p50 %.0f ms, p99 %.0f ms", 100 * load, lat.p50_ms, lat.p99_ms)
+        points.append({"load": load, **{k: v for k, v in lat.__dict__.items() if k != "by_second"}})
+    return points
 
 
 def _worker_args(
@@ -600,8 +646,9 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
         lines.append(
             f"worker vs {runs['workers'].name}: max |Δ| {worst:.2e}" + ("" if good else "  [MISMATCH]")
         )
-    for key in ("latency", "latency_workers"):
-        lat = results.get(key)
+    phases = [(key, results.get(key)) for key in ("latency", "latency_workers")]
+    phases += [(f"latency at {100 * p['load']:.0f}% load", p) for p in results.get("latency_curve", [])]
+    for key, lat in phases:
         if lat is not None:
             expected = lat["expected_scores"]
             good = lat["scores"] == expected

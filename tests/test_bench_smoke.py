@@ -30,5 +30,7 @@ def test_every_system_scores_every_event_in_smoke_mode(kafka_broker, tmp_path: P
     assert runs["workers"]["outputs"] == runs["worker"]["outputs"]  # two processes, one group
     assert results["latency"]["scores"] > 0
     assert results["latency_workers"]["scores"] == results["latency_workers"]["expected_scores"] > 0
+    (point,) = results["latency_curve"]  # smoke: one lower load after the latency phase
+    assert point["load"] == 0.25 and point["scores"] == point["expected_scores"] > 0
     assert runs["replay"]["events_per_s"] > 0
     assert (tmp_path / "latest.png").stat().st_size > 0
