@@ -46,6 +46,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ import msgspec
 
 from bench import report
 from bench.harness import REPO, Child, Run, create_topics, measure, python
-from bench.latency import continuation, measure_latency
+from bench.latency import Latency, continuation, measure_latency
 from bench.model import model_artifact
 from bench.procstat import machine
 from entities.events import Event
@@ -378,16 +379,16 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 **common,
             )
             if args.workers_latency_rate:
-                results["latency_workers"] = await _latency(
-                    args,
+                feed = _Feed(
                     bootstrap,
                     workers_topic,
                     out["workers"],
+                    args.partitions,
                     codec,
                     continuation(base, n),
-                    args.workers_latency_rate,
                     [c.pid for c in children],
                 )
+                results["latency_workers"] = await _latency(args, feed, args.workers_latency_rate)
         finally:
             for c in children:
                 c.stop()
@@ -417,13 +418,9 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
                 stream = continuation(base, n)
-                results["latency"] = await _latency(
-                    args, bootstrap, topic, out["worker"], codec, stream, rate, [child.pid]
-                )
-                worker_rate = runs["worker"].events_per_s
-                results["latency_curve"] = await _curve(
-                    args, bootstrap, topic, out["worker"], codec, stream, worker_rate, [child.pid]
-                )
+                feed = _Feed(bootstrap, topic, out["worker"], args.partitions, codec, stream, [child.pid])
+                results["latency"] = await _latency(args, feed, rate)
+                results["latency_curve"] = await _curve(args, feed, runs["worker"].events_per_s)
         finally:
             child.stop()
     for key, r in runs.items():
@@ -434,52 +431,52 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
     return results
 
 
-async def _latency(
-    args: argparse.Namespace,
-    bootstrap: str,
-    topic: str,
-    out_topic: str,
-    codec: Any,
-    stream: Iterator[Event],
-    rate: float,
-    pids: list[int],
-) -> dict[str, Any]:
+@dataclass
+class _Feed:
+    """A running worker's input and output topics, and the events that continue its input."""
+
+    bootstrap: str
+    topic: str
+    out_topic: str
+    partitions: int
+    codec: Any
+    stream: Iterator[Event]
+    pids: list[int]
+
+    async def measure(self, label: str, rate: float, seconds: float) -> Latency:
+        """Publish the next ``seconds`` of events at ``rate``; their latency."""
+        events = list(islice(self.stream, max(1, int(rate * seconds))))
+        log.info("%s: %s events at %.0f events/s", label, f"{len(events):,}", rate)
+        lat = await measure_latency(
+            self.bootstrap, self.topic, self.out_topic, self.partitions, self.codec, events, rate, self.pids
+        )
+        log.info("%s: p50 %.0f ms, p99 %.0f ms", label, lat.p50_ms, lat.p99_ms)
+        return lat
+
+
+def _without_series(lat: Latency) -> dict[str, Any]:
+    return {k: v for k, v in lat.__dict__.items() if k != "by_second"}
+
+
+async def _latency(args: argparse.Namespace, feed: _Feed, rate: float) -> dict[str, Any]:
     """A warm-up at ``rate`` (reported, not counted), then the measured latency phase."""
     warmup = None
     if args.latency_warmup > 0:
         # Not measured: the broker's JIT compiles the paths of this small-request load
         # during its first ~30 s (its C2 threads took 10-28% of a core).
-        warm = list(islice(stream, max(1, int(rate * args.latency_warmup))))
-        log.info("latency: warm-up, %s events at %.0f events/s", f"{len(warm):,}", rate)
-        w = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, warm, rate, pids)
-        warmup = {k: v for k, v in w.__dict__.items() if k != "by_second"}
-        log.info("latency: warm-up p50 %.0f ms, p99 %.0f ms (not counted)", w.p50_ms, w.p99_ms)
-    events = list(islice(stream, max(1, int(rate * args.latency_seconds))))
-    log.info("latency: %s events at %.0f events/s into the running worker", f"{len(events):,}", rate)
-    lat = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, events, rate, pids)
-    log.info("latency: p50 %.0f ms, p99 %.0f ms", lat.p50_ms, lat.p99_ms)
+        warm = await feed.measure("latency warm-up (not counted)", rate, args.latency_warmup)
+        warmup = _without_series(warm)
+    lat = await feed.measure("latency", rate, args.latency_seconds)
     return {**lat.__dict__, "warmup": warmup}
 
 
-async def _curve(
-    args: argparse.Namespace,
-    bootstrap: str,
-    topic: str,
-    out_topic: str,
-    codec: Any,
-    stream: Iterator[Event],
-    max_rate: float,
-    pids: list[int],
-) -> list[dict[str, Any]]:
+async def _curve(args: argparse.Namespace, feed: _Feed, max_rate: float) -> list[dict[str, Any]]:
     """Latency at each ``--latency-curve`` load, highest first; no warm-up (the latency phase was one)."""
     points = []
     for load in sorted(args.curve_loads, reverse=True):
         rate = min(load * max_rate, SMOKE_MAX_RATE) if args.smoke else load * max_rate
-        events = list(islice(stream, max(1, int(rate * args.curve_seconds))))
-        log.info("latency curve: %.0f%% load, %s events at %.0f/s", 100 * load, f"{len(events):,}", rate)
-        lat = await measure_latency(bootstrap, topic, out_topic, args.partitions, codec, events, rate, pids)
-        log.info("latency curve: %.0f%% load: p50 %.0f ms, p99 %.0f ms", 100 * load, lat.p50_ms, lat.p99_ms)
-        points.append({"load": load, **{k: v for k, v in lat.__dict__.items() if k != "by_second"}})
+        lat = await feed.measure(f"latency at {100 * load:.0f}% load", rate, args.curve_seconds)
+        points.append({"load": load, **_without_series(lat)})
     return points
 
 
