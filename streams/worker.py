@@ -508,8 +508,8 @@ class BatchWorker:
         before the loop changes it again. With ``wait=False`` they are encoded a little
         per loop iteration and the I/O runs as a task while the loop goes on; in
         exactly-once mode, and with ``wait``, all of it happens now (the next
-        transaction may only start once this one is committed). Checkpoints never overlap: a new one first
-        finishes the previous.
+        transaction may only start once this one is committed). Checkpoints never
+        overlap: a new one first finishes the previous.
         """
         if self._persisting is not None:
             await self._persisting

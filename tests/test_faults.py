@@ -258,12 +258,19 @@ def _two_workers(
     return a, b, _publish_in_background(bootstrap, a.topics["events"], evs, rate=8_000)
 
 
-def _check_changelog(name: str, broker: Any, model: Path, tmp: Path, a: WorkerProcess, *args: Any) -> None:
-    """``_check`` against a fresh restore of the changelog: it holds the truth after rebalances.
-
-    ``args``: the events fixture, the scores, the start time and whether exactly-once.
-    """
-    (evs, want), scores, started, exactly_once = args
+def _check_changelog(
+    name: str,
+    broker: Any,
+    model: Path,
+    tmp: Path,
+    a: WorkerProcess,
+    events: tuple[list[Event], dict[str, tuple]],
+    scores: list[ScoreMessage],
+    started: float,
+    exactly_once: bool,
+) -> None:
+    """``_check`` against a fresh restore of the changelog: it holds the truth after rebalances."""
+    evs, want = events
     c = WorkerProcess(broker.bootstrap, model, tmp / "c", prefix=a.prefix, partitions=PARTITIONS)
     c.start()
     c.stop()
