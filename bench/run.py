@@ -204,11 +204,8 @@ def _broker(bootstrap: str | None, work: Path) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    try:
-        from tests.kafka_broker import KafkaBroker
-    except ImportError:
-        sys.path.insert(0, str(REPO / "tests"))
-        from kafka_broker import KafkaBroker  # type: ignore[no-redef]
+    from streams.local_kafka import KafkaBroker
+
     # Kafka's default group.initial.rebalance.delay.ms (3 s; scripts/kafka sets 0 for the
     # tests): worker processes started together join one group before it assigns.
     broker = KafkaBroker(work / "kafka", env={"KAFKA_INITIAL_REBALANCE_DELAY_MS": "3000"})

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from entities.spec import Spec
-from models import metrics
+from models import evaluation
 from models.artifact import Artifact, load
 from models.dataset import Dataset, iso_utc, read_features
 
@@ -38,7 +38,7 @@ REPORT_FILE = "report.html"
 
 
 @dataclass
-class Scored:
+class ModelScores:
     """One model's scores over the backtest rows."""
 
     role: str
@@ -51,7 +51,7 @@ class Backtest:
     """Everything a report needs: labelled rows, each model's scores, and the metrics."""
 
     data: Dataset
-    models: list[Scored]
+    models: list[ModelScores]
     metrics: dict[str, Any]
     slices: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -76,7 +76,7 @@ def backtest(
     if not len(data):
         raise ValueError(f"{features_parquet}: no labelled rows to backtest on")
     roles = [("champion", model_dir)] + ([("challenger", challenger_dir)] if challenger_dir else [])
-    scored = [Scored(role, art, art.predict(data.features)) for role, art in _load_all(roles, spec)]
+    scored = [ModelScores(role, art, art.predict(data.features)) for role, art in _load_all(roles, spec)]
     notes: list[str] = []
     if len(everything) > len(data):
         notes.append(f"{len(everything) - len(data):,} rows without a label were left out.")
@@ -106,44 +106,46 @@ def _load_all(roles: list[tuple[str, str | Path]], spec: Spec) -> list[tuple[str
 
 
 def _model_metrics(
-    s: Scored, data: Dataset, slices: dict[str, np.ndarray], notes: list[str]
+    s: ModelScores, data: Dataset, slices: dict[str, np.ndarray], notes: list[str]
 ) -> dict[str, Any]:
     y, p = data.label, s.scores
     m = s.artifact.manifest
-    alert_thresholds = metrics.thresholds_for_alert_rates(p, ALERT_RATES)
+    alert_thresholds = evaluation.thresholds_for_alert_rates(p, ALERT_RATES)
     return {
         "name": m.name,
         "version": m.version,
         "path": str(s.artifact.path),
         "spec_hash": m.spec_hash,
         "trained": {"train": _without(m.train, "score_reference"), "valid": m.valid, "metrics": m.metrics},
-        "overall": metrics.summary(y, p),
-        "thresholds": [r.as_dict() for r in metrics.at_thresholds(y, p, THRESHOLDS)],
+        "overall": evaluation.summary(y, p),
+        "thresholds": [r.as_dict() for r in evaluation.at_thresholds(y, p, THRESHOLDS)],
         "alert_rates": [
             {"target_alert_rate": rate, **r.as_dict()}
-            for rate, r in zip(ALERT_RATES, metrics.at_thresholds(y, p, alert_thresholds), strict=True)
+            for rate, r in zip(ALERT_RATES, evaluation.at_thresholds(y, p, alert_thresholds), strict=True)
         ],
         "by_month": _by_month(s, data, notes),
         "slices": {col: _by_slice(values, y, p) for col, values in slices.items()},
     }
 
 
-def _by_month(s: Scored, data: Dataset, notes: list[str]) -> list[dict[str, Any]]:
+def _by_month(s: ModelScores, data: Dataset, notes: list[str]) -> list[dict[str, Any]]:
     months = data.months()
     edges, expected, reference = _psi_reference(s, months, notes)
     train_to = s.artifact.manifest.train.get("to", "")
     rows = []
     for month in np.unique(months):
         mask = months == month
-        row: dict[str, Any] = {"month": str(month), **metrics.summary(data.label[mask], s.scores[mask])}
-        row["psi"] = metrics.psi_from_fractions(expected, metrics.bin_fractions(s.scores[mask], edges))
+        row: dict[str, Any] = {"month": str(month), **evaluation.summary(data.label[mask], s.scores[mask])}
+        row["psi"] = evaluation.psi_from_fractions(expected, evaluation.bin_fractions(s.scores[mask], edges))
         row["psi_reference"] = reference
         row["in_training_period"] = bool(train_to) and str(month) <= train_to[:7]
         rows.append(row)
     return rows
 
 
-def _psi_reference(s: Scored, months: np.ndarray, notes: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+def _psi_reference(
+    s: ModelScores, months: np.ndarray, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray, str]:
     """The training scores' bins from the manifest, else the first month of these rows."""
     stored = s.artifact.manifest.train.get("score_reference")
     if stored:
@@ -158,15 +160,15 @@ def _psi_reference(s: Scored, months: np.ndarray, notes: list[str]) -> tuple[np.
         f"{s.role}: its manifest has no training score distribution; PSI is measured "
         f"against the first month ({months.min()})."
     )
-    edges = metrics.quantile_edges(s.scores[first])
-    return edges, metrics.bin_fractions(s.scores[first], edges), f"first month {months.min()}"
+    edges = evaluation.quantile_edges(s.scores[first])
+    return edges, evaluation.bin_fractions(s.scores[first], edges), f"first month {months.min()}"
 
 
 def _by_slice(values: np.ndarray, y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
     rows = []
     for value in np.unique(values):
         mask = values == value
-        rows.append({"value": str(value), **metrics.summary(y[mask], p[mask])})
+        rows.append({"value": str(value), **evaluation.summary(y[mask], p[mask])})
     return sorted(rows, key=lambda r: -r["rows"])
 
 
@@ -197,7 +199,7 @@ def _slices(data: Dataset, source_csv: str | Path | None, notes: list[str]) -> d
     return out
 
 
-def _write_scores(path: Path, data: Dataset, scored: list[Scored]) -> None:
+def _write_scores(path: Path, data: Dataset, scored: list[ModelScores]) -> None:
     columns: dict[str, Any] = {
         "event_id": pa.array(data.event_id.astype(str), pa.string()),
         "entity_id": pa.array(data.entity_id.astype(str), pa.string()),

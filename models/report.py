@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from models import metrics
+from models import evaluation
 
 if TYPE_CHECKING:
     from models.backtest import Backtest
@@ -248,9 +248,9 @@ def _trained_table(models: dict[str, Any]) -> str:
 def _curves_figure(y: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
     fig, (roc, roc_log, pr) = plt.subplots(1, 3, figsize=(15, 4.6))
     for role, s in scores.items():
-        fpr, tpr, _ = metrics.roc_curve(y, s)
-        precision, recall, _ = metrics.precision_recall_curve(y, s)
-        auc, ap = metrics.roc_auc(y, s), metrics.average_precision(y, s)
+        fpr, tpr, _ = evaluation.roc_curve(y, s)
+        precision, recall, _ = evaluation.precision_recall_curve(y, s)
+        auc, ap = evaluation.roc_auc(y, s), evaluation.average_precision(y, s)
         keep = _thin(len(fpr))
         roc.plot(fpr[keep], tpr[keep], color=COLORS[role], label=f"{role} (AUC {auc:.4f})")
         roc_log.plot(fpr[keep], tpr[keep], color=COLORS[role], label=role)
@@ -295,7 +295,7 @@ def _threshold_figure(y: np.ndarray, scores: dict[str, np.ndarray]) -> Figure:
     fig, (ax, ax_rate) = plt.subplots(1, 2, figsize=(15, 4.6))
     grid = np.linspace(0, 1, 201)[1:-1]
     for role, s in scores.items():
-        rows = metrics.at_thresholds(y, s, list(grid))
+        rows = evaluation.at_thresholds(y, s, list(grid))
         color = COLORS[role]
         ax.plot(grid, [r.precision for r in rows], color=color, label=f"{role} precision")
         ax.plot(grid, [r.recall for r in rows], color=color, ls="--", label=f"{role} recall")

@@ -15,7 +15,7 @@ from models.artifact import Artifact
 
 
 @dataclass
-class Scored:
+class BatchScores:
     """Scores of one batch and who produced them."""
 
     scores: np.ndarray
@@ -54,10 +54,10 @@ class Scorer:
         """Replace the models (called between batches)."""
         self.champion, self.shadow = champion, shadow
 
-    def score(self, rows: np.ndarray) -> Scored:
+    def score(self, rows: np.ndarray) -> BatchScores:
         """Scores of a (n, features) matrix in spec order."""
         champion, shadow = self.champion, self.shadow
-        out = Scored(champion.predict(rows), champion.name, champion.version)
+        out = BatchScores(champion.predict(rows), champion.name, champion.version)
         if shadow is not None:
             out.shadow, out.shadow_scores = shadow, shadow.predict(rows)
         if self.explain_top_k:

@@ -30,7 +30,7 @@ import lightgbm as lgb
 import numpy as np
 
 from entities.spec import Spec
-from models import metrics
+from models import evaluation
 from models.artifact import MANIFEST_FILE, Artifact, Manifest, load, save
 from models.dataset import Dataset, iso_utc, read_features
 
@@ -110,7 +110,7 @@ def train(
     best = booster.best_iteration or booster.current_iteration()
     valid_scores = np.asarray(booster.predict(valid_set.features, num_iteration=best))
     train_scores = np.asarray(booster.predict(train_set.features, num_iteration=best))
-    valid_summary = metrics.summary(valid_set.label, valid_scores)
+    valid_summary = evaluation.summary(valid_set.label, valid_scores)
     log.info(
         "best iteration %d: validation ROC-AUC %.4f, PR-AUC %.4f",
         best,
@@ -171,8 +171,8 @@ def split_by_time(data: Dataset, valid_from: str | dt.datetime | int | None) -> 
 
 def score_reference(scores: np.ndarray, bins: int = SCORE_REFERENCE_BINS) -> dict[str, list[float]]:
     """Quantile bins of the training scores: the baseline a backtest measures PSI against."""
-    edges = metrics.quantile_edges(scores, bins)
-    return {"edges": edges.tolist(), "fractions": metrics.bin_fractions(scores, edges).tolist()}
+    edges = evaluation.quantile_edges(scores, bins)
+    return {"edges": edges.tolist(), "fractions": evaluation.bin_fractions(scores, edges).tolist()}
 
 
 def to_epoch_ms(value: str | dt.datetime | int) -> int:

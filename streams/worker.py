@@ -57,9 +57,9 @@ from streams.kafka_io import (
     partition_for,
     send_batches,
 )
-from streams.metrics import WorkerMetrics
 from streams.recovery import restore
 from streams.store import PartitionStore
+from streams.telemetry import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Kafka: tests that need a broker get a real Apache Kafka 4.1.1 broker (KRaft,
 single node on 127.0.0.1), never a mock. A mock would hide exactly what these
 tests are for: partition/offset semantics, consumer-group rebalances, commit
 and restart behaviour, real client/broker timeouts. The broker is started by
-``scripts/kafka`` (see ``tests/kafka_broker.py``) once per test session, on
+``scripts/kafka`` (see ``streams/local_kafka.py``) once per test session, on
 free ports and with its data in a temporary directory, and stopped at the end.
 
 Markers:
@@ -22,10 +22,10 @@ import pytest
 
 # Make the helpers in tests/ importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kafka_broker import KafkaBroker
 from streaming import SAMPLE, SPEC
 
 from entities.spec import Spec, load_spec
+from streams.local_kafka import KafkaBroker
 from streams.replay import replay
 
 

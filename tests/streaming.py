@@ -20,10 +20,10 @@ from typing import Any
 import lightgbm as lgb
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka_broker import free_port
 
 from entities.spec import Spec
 from models.artifact import Manifest, save
+from streams.local_kafka import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"

@@ -14,7 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
-from kafka_broker import KafkaBroker
+
+from streams.local_kafka import KafkaBroker
 
 N_MESSAGES = 100
 

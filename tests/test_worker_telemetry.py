@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from streams.metrics import BulkHistogram
+from streams.telemetry import BulkHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 # Bounds themselves are drawn often: a value equal to a bound is the edge case.

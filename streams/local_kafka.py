@@ -1,4 +1,4 @@
-"""A real Apache Kafka broker for tests, driven through ``scripts/kafka``.
+"""A real Apache Kafka broker on this machine for tests and benchmarks, driven through ``scripts/kafka``.
 
 The shell script is the one source of truth for how the broker is fetched,
 configured, started and stopped; this class only picks ports and a data
