@@ -7,7 +7,7 @@ INPUT   ?= $(if $(wildcard $(DATA)/fraudTest.csv.gz),$(DATA)/fraudTest.csv.gz,ex
 SPEC    := examples/fraud/spec.py
 OUT     ?= out
 
-.PHONY: venv test demo replay lint fmt bench bench-replay bench-smoke kafka-up kafka-down clean
+.PHONY: venv test test-fast test-kafka demo replay lint fmt bench bench-replay bench-smoke kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,14 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Everything that needs no broker: about a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not kafka"
+
+# Only the tests on the real broker (the suite starts its own).
+test-kafka: $(STAMP)
+	$(PY) -m pytest -q -m kafka
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --input $(INPUT)

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -52,7 +53,7 @@ def _replay(spec: Path, path: Path, limit: int | None) -> int:
 
 
 def _blocks(spec: Path, path: Path, limit: int | None, map_rows: bool) -> Iterator[Block]:
-    module = load_spec_module(spec)
+    module: Any = load_spec_module(spec)
     if not map_rows:  # the same reading, with a mapping that makes no events
         base = module.csv_mapping
 
@@ -61,7 +62,7 @@ def _blocks(spec: Path, path: Path, limit: int | None, map_rows: bool) -> Iterat
                 pass
 
         module = SimpleNamespace(spec=module.spec, csv_mapping=Unmapped)
-    yield from read_blocks(path, EventCodec(module.spec), module, limit)  # type: ignore[arg-type]
+    yield from read_blocks(path, EventCodec(module.spec), module, limit)
 
 
 def _read(spec: Path, path: Path, limit: int | None) -> int:
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stages:
         return 0
 
-    passes = {"read": _read, "map": _map, "apply": _apply}
-    times = {name: _timed(lambda f=f: f(args.spec, args.input, args.limit))[1:] for name, f in passes.items()}
+    passes: dict[str, Callable[[Path, Path, int | None], int]] = {"read": _read, "map": _map, "apply": _apply}
+    times = {name: _timed(partial(f, args.spec, args.input, args.limit))[1:] for name, f in passes.items()}
     times["output"] = (wall, cpu)
     print(f"\n{'step':10}{'µs/event wall':>15}{'µs/event CPU':>14}")
     prev = (0.0, 0.0)

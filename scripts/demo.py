@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,9 +28,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from entities.events import Event  # noqa: E402
 from entities.spec import load_spec  # noqa: E402
 from streams.messages import ScoreMessage  # noqa: E402
 from streams.produce import file_events, produce, tail  # noqa: E402
+from streams.sources import Rejected  # noqa: E402
 
 SPEC = REPO / "examples" / "fraud" / "spec.py"
 DATA = REPO.parent / "shared" / "data"
@@ -143,10 +146,10 @@ async def stream(args: argparse.Namespace, bootstrap: str, run_id: str, model: P
     started = time.monotonic()
     expected = 0
 
-    def tracked() -> object:
+    def tracked() -> Iterator[Event | Rejected]:
         nonlocal expected
         for event in events:
-            if getattr(event, "type", None) == "transaction":
+            if isinstance(event, Event) and event.type == "transaction":
                 expected += 1
                 labels[event.event_id] = event.label or 0.0
                 amounts[event.event_id] = event.attrs.amt
@@ -194,7 +197,7 @@ async def stream(args: argparse.Namespace, bootstrap: str, run_id: str, model: P
         tailer = asyncio.create_task(tail(bootstrap, f"{run_id}.scores", on_score, from_beginning=True))
         await produce(
             bootstrap, f"{run_id}.events", codec, tracked(), rate=args.rate, on_progress=on_produced
-        )  # type: ignore[arg-type]
+        )
         while state["scored"] < expected and time.monotonic() - started < 600:
             live.update(view())
             await asyncio.sleep(0.25)

@@ -99,6 +99,7 @@ def _stored_records(data_dirs: list[Path], topic: str) -> dict[str, tuple]:
             store = PartitionStore(path)
             try:
                 for key, value in store.db.items():
+                    assert isinstance(key, bytes)  # the store runs in raw mode
                     if not key.startswith(b"\x00"):
                         out[key.decode()] = _content(codec, value)
             finally:

@@ -72,7 +72,7 @@ def test_probe_rows_reach_both_sides_of_every_split(
     ).booster
     rows = probe_rows(booster)
     # Every leaf a tree has, the probe reaches: a compiled model wrong in any branch shows.
-    leaves = booster.predict(rows, pred_leaf=True)
+    leaves = np.asarray(booster.predict(rows, pred_leaf=True))
     for t, tree in enumerate(booster.dump_model()["tree_info"]):
         assert len(set(leaves[:, t])) == tree["num_leaves"], f"tree {t}"
 

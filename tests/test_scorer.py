@@ -27,7 +27,7 @@ def test_shadow_scores_and_explanations(tmp_path: Path) -> None:
     assert np.array_equal(scored.scores, champion.predict(rows))
     assert scored.shadow_scores is not None
     assert np.array_equal(scored.shadow_scores, challenger.predict(rows))
-    contrib = champion.booster.predict(rows, pred_contrib=True)
+    contrib = np.asarray(champion.booster.predict(rows, pred_contrib=True))
     for i in (0, 17, 499):
         extra = scored.extra(i)
         assert extra["shadow_model_version"] == "b"
@@ -39,5 +39,5 @@ def test_shadow_scores_and_explanations(tmp_path: Path) -> None:
         for name, value in top.items():
             assert value == contrib[i, spec.feature_names.index(name)]
     # Contributions plus the bias add up to the raw score (logit) of the champion.
-    raw = champion.booster.predict(rows, raw_score=True)
+    raw = np.asarray(champion.booster.predict(rows, raw_score=True))
     assert np.allclose(contrib.sum(axis=1), raw, atol=1e-9)

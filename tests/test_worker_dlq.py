@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
+from entities.events import Event
 from entities.spec import load_spec
 from streams.kafka_io import partition_for
 from streams.messages import DLQ_REASON, DLQ_SOURCE, ScoreMessage
@@ -49,7 +50,7 @@ def test_malformed_events_land_in_dlq_and_good_ones_are_scored(kafka_broker, tmp
     model = train_small_model(spec, tmp_path / "f.parquet", tmp_path / "model", trees=5)
     worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", partitions=2)
     codec, events = file_events(SPEC, SAMPLE, 300)
-    good = [e for e in events]
+    good = [e for e in events if isinstance(e, Event)]
     bad = _bad_events()
     t = worker.topics
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from streaming import SAMPLE, SPEC, WorkerProcess, chunks, read_topic, train_small_model
 
+from entities.events import Event
 from entities.spec import load_spec
 from streams.messages import ScoreMessage
 from streams.produce import file_events, produce
@@ -50,8 +51,8 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
 ) -> None:
     data_dir = tmp_path / "data"
     worker = WorkerProcess(kafka_broker.bootstrap, replayed["model"], data_dir)
-    codec, events = file_events(SPEC, SAMPLE, N_ROWS)
-    events = iter(events)
+    codec, items = file_events(SPEC, SAMPLE, N_ROWS)
+    events = (e for e in items if isinstance(e, Event))
     first, second = chunks(events, 10_000), list(events)
     t = worker.topics
 
