@@ -8,8 +8,8 @@ of the score, write the record back. Default faust settings, except what the
 set-up needs (broker, partitions matching the input topic, no web server).
 Nothing here is slowed down on purpose; the feature code is plain Python. The
 predict call is the worker's (``num_threads=1``): with LightGBM's default OpenMP
-threads one row took ~3.7 ms instead of ~0.1 ms on this 2-core machine under load,
-which would make the baseline unfairly slow.
+threads a one-row predict on a small, loaded machine costs many times more (see
+docs/performance.md), which would make the baseline unfairly slow.
 
 Feature definitions (as in the spec): windows are ``(t - w, t]`` over the card's
 transactions up to and including the current one; std is the population std;

@@ -48,9 +48,8 @@ class LateEventError(EventError):
 class Event(msgspec.Struct, gc=False):
     """A validated event: ts in epoch ms UTC, attrs a typed struct of the event type."""
 
-    # gc=False: the cyclic collector never scans events (half of replay's GC time).
-    # Safe because an event holds only scalars and an attrs struct of scalars: it
-    # cannot be part of a reference cycle.
+    # gc=False: the cyclic collector never scans events. Safe because an event holds
+    # only scalars and an attrs struct of scalars: it cannot be part of a cycle.
 
     event_id: str
     entity_id: str

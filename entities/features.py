@@ -19,7 +19,7 @@ The compensation terms carry the rounding error of every step, so a difference i
 accurate as a sum kept per window (a 1e6 leaving a window of cents loses nothing);
 the prefixes are recomputed from the items every ``REBASE_EVERY`` appends so their
 magnitude stays that of the retained items. A std whose running variance is
-ill-conditioned is recomputed in two passes (``exact_std``), as before.
+ill-conditioned is recomputed exactly from the window's values (``exact_std``).
 
 The in-order path is the hot loop of replay and of the worker, so the plan writes it
 out as Python source specialised to the spec - windows unrolled, aggregator updates
@@ -99,7 +99,7 @@ class _Windows:
     a difference of two entries and items leaving a window cost nothing. Each field's
     entries lie flat in one ``array('d')`` (entry k at ``[w*k:w*k+w]``, w = 2 or 4):
     the engine reads an entry from one cache line, where a tuple of floats is five
-    objects, and a cold record costs ~2.5 µs less per event.
+    objects.
     ``fresh`` counts entries appended since the prefixes were last computed from
     the items; they are recomputed every REBASE_EVERY appends so that their values,
     and their rounding, stay of the size of the retained items. ``fixed_row``: the

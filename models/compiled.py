@@ -1,11 +1,11 @@
 """Compiled prediction: a LightGBM model as native code (lleaves), checked against LightGBM.
 
-LightGBM's ``predict`` walks the trees through a generic interpreter: ~4.3 µs per
-row for the 200-tree fraud model, the largest step of the worker after the
-features. lleaves compiles the same ``model.txt`` with LLVM into one function:
-~0.4-0.8 µs per row, with the same scores to ~1e-15 (it sums the trees in another
-order). The machine code is cached per model text, lleaves/LLVM version and host
-CPU, so a model is compiled once per machine (about 5 s for 200 trees).
+LightGBM's ``predict`` walks the trees through a generic interpreter. lleaves
+compiles the same ``model.txt`` with LLVM into one function that gives the same
+scores to ~1e-15 (it sums the trees in another order) at a fraction of the cost
+per row (figures in docs/performance.md). The machine code is cached per model
+text, lleaves/LLVM version and host CPU, so a model is compiled once per machine
+(seconds; the worker's hot reload loads and compiles in a thread beside its loop).
 
 A compiled model is used only after it reproduced LightGBM's scores on probe rows
 built from the model's own splits (``probe_rows``: one per leaf of every tree, and

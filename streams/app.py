@@ -2,7 +2,8 @@
 
 faust gives the worker its lifecycle (signals, graceful stop), the HTTP server and
 timers; the event hot path is the :class:`BatchWorker` loop running as a service of
-the app, because faust's per-event stream path costs ~61 µs a message at best here.
+the app, because faust's per-event stream path costs more per message than the whole
+batch loop does per event (docs/performance.md).
 
 HTTP (bound to 127.0.0.1 unless told otherwise):
 ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /entities/{entity_id}``.

@@ -43,8 +43,8 @@ async def send_batches(
     """Append messages to one producer batch per partition (as many as needed).
 
     Each batch is closed before it is handed over: aiokafka keeps an open batch for
-    ``linger_ms`` waiting for appends that never come here (the producer's linger
-    added that much to every event's latency). Returns the delivery futures; with
+    ``linger_ms`` waiting for appends that never come here, which would add the
+    linger to every event's latency. Returns the delivery futures; with
     ``count`` each resolves to (base offset, n).
     """
     futures: list[Any] = []

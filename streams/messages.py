@@ -45,7 +45,7 @@ score_decoder = msgspec.json.Decoder(ScoreMessage)
 
 
 def features_struct(feature_names: list[str]) -> type[msgspec.Struct]:
-    """A Struct whose instances encode like ``dict(zip(feature_names, row))``, twice as fast.
+    """A Struct whose instances encode like ``dict(zip(feature_names, row))``, without the dict.
 
     Built once per spec; ``Features(*row)`` is the ``features`` of a ScoreMessage
     on the wire (the same JSON object, key order included). Fields are renamed so

@@ -231,9 +231,9 @@ def _gc_tuned() -> Iterator[None]:
     """Fewer garbage collections while replaying.
 
     The replay allocates millions of short-lived objects and keeps a large, stable
-    heap (records, modules); with the default thresholds the collector spends ~15%
-    of the time re-scanning that heap. Freezing it and collecting the young
-    generation less often is safe: nothing is left uncollected, only later.
+    heap (records, modules); with the default thresholds the collector keeps
+    re-scanning that heap. Freezing it and collecting the young generation less
+    often is safe: nothing is left uncollected, only later.
     """
     thresholds = gc.get_threshold()
     gc.freeze()

@@ -7,7 +7,7 @@ changelog offset) are written in one ``WriteBatch``, so the records on disk and
 The write-ahead log is off, as in Kafka Streams: the changelog topic is the durable
 copy. After a crash the database reopens at its last flush, a consistent (if older)
 state, and ``recovery.restore`` replays the changelog from the offset stored with it.
-Skipping the WAL makes a checkpoint's write ~5x cheaper.
+Without the WAL a checkpoint's write goes to the memtable only, not also to a log on disk.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoin
 it notes the records changed since the last checkpoint and encodes them a little per
 loop iteration (a tenth of the time the iteration took, and idle time), so that no
 poll waits for all of them (work in bursts is what makes latency tails at steady
-load). A noted record that a poll is about to change first gets copied (a few µs);
-the others are encoded as they are, since they still hold the boundary's state.
+load). A noted record that a poll is about to change first gets copied
+(``RecordCodec.snapshot``); the others are encoded as they are, since they still hold
+the boundary's state.
 Then, as a background task, it waits until the scores sent so far are acknowledged,
 writes the records once to the compacted changelog, then one RocksDB ``WriteBatch``
 per partition with those records *and* the input offset they cover, then commits
@@ -667,9 +668,10 @@ def tune_gc() -> None:
 
     Long-lived objects (spec, model, codecs) need no cyclic GC, and records are plain
     acyclic data: with the default thresholds the collector rescans them all the time.
-    The batch loop collects the young generation itself once per poll: left to the
-    threshold, a collection came every few seconds in steady state (old objects freed
-    offset the new ones in the count) and scanned all that was new, 80-120 ms at once.
+    The batch loop collects the young generation itself once per poll, after the
+    scores are on their way: left to the threshold, a collection comes every few
+    seconds in steady state (old objects freed offset the new ones in the count) and
+    scans all that is new at once, a pause in the middle of a poll.
     """
     gc.collect()
     gc.freeze()
