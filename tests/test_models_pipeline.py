@@ -135,6 +135,20 @@ def _cli(*argv: str) -> int:
     return int(args.run(args))
 
 
+def _backtest_argv(model_dir: Path, features: Path, out: Path) -> list[str]:
+    return [
+        "backtest",
+        "--spec",
+        str(SPEC_PATH),
+        "--model",
+        str(model_dir),
+        "--features",
+        str(features),
+        "--out",
+        str(out),
+    ]
+
+
 def test_train_names_the_model_after_the_spec(spec: Spec, sample_features: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
     assert _cli("train", "--spec", str(SPEC_PATH), "--features", str(sample_features), "--out", str(out)) == 0
@@ -151,15 +165,12 @@ def test_backtest_slices_by_source_columns_equal_a_pandas_groupby(
 ) -> None:
     out = tmp_path / "bt"
     argv = [
-        "backtest",
-        "--spec",
-        str(SPEC_PATH),
-        "--model",
-        str(model_dir),
-        "--features",
-        str(sample_features),
+        *_backtest_argv(model_dir, sample_features, out),
+        "--source",
+        str(SAMPLE),
+        "--adapter",
+        str(ADAPTER),
     ]
-    argv += ["--out", str(out), "--source", str(SAMPLE), "--adapter", str(ADAPTER)]
     assert _cli(*argv, "--slice-by", "category", "--slice-by", "state") == 0
     written = json.loads((out / "metrics.json").read_text())["models"]["champion"]["slices"]
     assert set(written) == {"category", "state"}
@@ -195,16 +206,7 @@ def test_backtest_slices_by_source_columns_equal_a_pandas_groupby(
 def test_backtest_slice_mistakes_are_one_line_errors(
     model_dir: Path, sample_features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [
-        "backtest",
-        "--spec",
-        str(SPEC_PATH),
-        "--model",
-        str(model_dir),
-        "--features",
-        str(sample_features),
-    ]
-    argv += ["--out", str(tmp_path / "bt")]
+    argv = _backtest_argv(model_dir, sample_features, tmp_path / "bt")
     assert _cli(*argv, "--slice-by", "nope", "--source", str(SAMPLE), "--adapter", str(ADAPTER)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the adapter does not read ['nope']" in err and "category" in err
