@@ -5,6 +5,7 @@ STAMP   := $(VENV)/.installed
 DATA    ?= ../shared/data
 INPUT   ?= $(if $(wildcard $(DATA)/fraudTest.csv.gz),$(DATA)/fraudTest.csv.gz,examples/fraud/sample.csv.gz)
 SPEC    := examples/fraud/spec.py
+ADAPTER := examples/fraud/sparkov.py
 OUT     ?= out
 
 .PHONY: venv test test-fast test-kafka demo replay lint fmt bench bench-replay bench-smoke kafka-up kafka-down clean
@@ -32,7 +33,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --input $(INPUT)
 
 replay: $(STAMP)
-	$(VENV)/bin/supernova replay --spec $(SPEC) --input $(INPUT) --features-out $(OUT)/features.parquet
+	$(VENV)/bin/supernova replay --spec $(SPEC) --input $(INPUT) --adapter $(ADAPTER) --features-out $(OUT)/features.parquet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

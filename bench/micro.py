@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = load_spec(SPEC)
     model = args.model or model_artifact(SPEC, DATA / "fraudTrain.csv.gz", 300_000)
     scorer = Scorer(load(model, spec))
-    codec, items = file_events(SPEC, args.input, None)
+    codec, items = file_events(SPEC, args.input, None, adapter=SPEC.parent / "sparkov.py")
     events = [e for e in islice(items, args.events) if not isinstance(e, Rejected)]
     # One partition's events, as the worker sees them.
     mine = [e for e in events if partition_for(e.entity_id.encode(), args.partitions) == 0]

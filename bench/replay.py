@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/replay.py --input ../shared/data/fraudTest.csv.gz [--limit N] [--stages]
 
+(``--adapter FILE.py[:NAME]`` maps CSV rows to events; default: the Sparkov adapter.)
+
 The first row is the real thing: ``streams.replay.replay`` writing the features to a
 temporary Parquet file, timed wall-clock and in process CPU time (the machine may be
 shared; CPU time is what one core spends). Peak RSS is ``ru_maxrss`` after it. With
@@ -9,7 +11,7 @@ shared; CPU time is what one core spends). Peak RSS is ``ru_maxrss`` after it. W
 earlier, and the differences give the cost per event of each step:
 
     read    CSV blocks -> Python columns (decompress, parse, ts, to_pylist)
-    map     rows -> validated events (the spec module's csv_mapping)
+    map     rows -> validated events (the input adapter, --adapter)
     apply   Engine.process: records, windows, features
     output  feature matrix, output columns, Parquet
 """
@@ -24,18 +26,19 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from entities.engine import Engine
 from entities.events import EventCodec
-from entities.spec import load_spec_module
+from entities.spec import load_spec
+from streams.adapters import AdapterRef, resolve_adapter
 from streams.replay import ReplaySummary, _batches, _gc_tuned, replay
 from streams.sources import Block, read_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "fraudTest.csv.gz"
 DEFAULT_SPEC = ROOT / "examples" / "fraud" / "spec.py"
+DEFAULT_ADAPTER = ROOT / "examples" / "fraud" / "sparkov.py"
 
 
 def _timed(run: Callable[[], int]) -> tuple[int, float, float]:
@@ -46,39 +49,42 @@ def _timed(run: Callable[[], int]) -> tuple[int, float, float]:
         return events, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _replay(spec: Path, path: Path, limit: int | None) -> int:
+def _replay(spec: Path, path: Path, limit: int | None, adapter: AdapterRef = DEFAULT_ADAPTER) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        summary = replay(spec, path, features_out=Path(tmp) / "features.parquet", limit=limit)
+        summary = replay(
+            spec, path, features_out=Path(tmp) / "features.parquet", limit=limit, adapter=adapter
+        )
     return summary.events
 
 
-def _blocks(spec: Path, path: Path, limit: int | None, map_rows: bool) -> Iterator[Block]:
-    module: Any = load_spec_module(spec)
-    if not map_rows:  # the same reading, with a mapping that makes no events
-        base = module.csv_mapping
+def _blocks(
+    spec: Path, path: Path, limit: int | None, adapter: AdapterRef, map_rows: bool
+) -> Iterator[Block]:
+    mapping = resolve_adapter(adapter)
+    if not map_rows and mapping is not None:  # the same reading, with an adapter that makes no events
 
-        class Unmapped(base):  # type: ignore[misc,valid-type]
+        class Unmapped(mapping):  # type: ignore[misc,valid-type]
             def map_rows(self, *args: Any) -> None:
                 pass
 
-        module = SimpleNamespace(spec=module.spec, csv_mapping=Unmapped)
-    yield from read_blocks(path, EventCodec(module.spec), module, limit)
+        mapping = Unmapped
+    yield from read_blocks(path, EventCodec(load_spec(spec)), mapping, limit)
 
 
-def _read(spec: Path, path: Path, limit: int | None) -> int:
-    for _ in _blocks(spec, path, limit, map_rows=False):
+def _read(spec: Path, path: Path, limit: int | None, adapter: AdapterRef) -> int:
+    for _ in _blocks(spec, path, limit, adapter, map_rows=False):
         pass
     return 0  # no events made
 
 
-def _map(spec: Path, path: Path, limit: int | None) -> int:
-    return sum(len(b.items) - b.rejected for b in _blocks(spec, path, limit, map_rows=True))
+def _map(spec: Path, path: Path, limit: int | None, adapter: AdapterRef) -> int:
+    return sum(len(b.items) - b.rejected for b in _blocks(spec, path, limit, adapter, map_rows=True))
 
 
-def _apply(spec: Path, path: Path, limit: int | None) -> int:
-    engine = Engine(load_spec_module(spec).spec)
+def _apply(spec: Path, path: Path, limit: int | None, adapter: AdapterRef) -> int:
+    engine = Engine(load_spec(spec))
     n = 0
-    for batch in _batches(_blocks(spec, path, limit, map_rows=True), ReplaySummary(), None):
+    for batch in _batches(_blocks(spec, path, limit, adapter, map_rows=True), ReplaySummary(), None):
         engine.process(batch)
         n += len(batch)
     return n
@@ -90,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CSV(.gz) or JSON lines(.gz)")
     parser.add_argument("--limit", type=int, help="read only the first N input rows")
     parser.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help="feature spec module")
+    parser.add_argument(
+        "--adapter", default=str(DEFAULT_ADAPTER), help="input adapter FILE.py[:NAME] for CSV input"
+    )
     parser.add_argument("--stages", action="store_true", help="also time each step (3 more passes)")
     args = parser.parse_args(argv)
     if not args.input.exists():
         parser.error(f"no such input: {args.input} (try examples/fraud/sample.csv.gz)")
 
-    events, wall, cpu = _timed(lambda: _replay(args.spec, args.input, args.limit))
+    adapter = resolve_adapter(args.adapter)  # loaded once, outside the timings
+    events, wall, cpu = _timed(lambda: _replay(args.spec, args.input, args.limit, adapter))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"input    {args.input} ({events:,} events)")
     print(f"{'':10}{'wall s':>9}{'events/s':>11}{'CPU s':>9}{'events/CPU s':>14}")
@@ -104,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.stages:
         return 0
 
-    passes: dict[str, Callable[[Path, Path, int | None], int]] = {"read": _read, "map": _map, "apply": _apply}
-    times = {name: _timed(partial(f, args.spec, args.input, args.limit))[1:] for name, f in passes.items()}
+    passes: dict[str, Callable[[Path, Path, int | None, AdapterRef], int]] = {
+        "read": _read,
+        "map": _map,
+        "apply": _apply,
+    }
+    times = {
+        name: _timed(partial(f, args.spec, args.input, args.limit, adapter))[1:] for name, f in passes.items()
+    }
     times["output"] = (wall, cpu)
     print(f"\n{'step':10}{'µs/event wall':>15}{'µs/event CPU':>14}")
     prev = (0.0, 0.0)

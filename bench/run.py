@@ -67,6 +67,7 @@ from streams.sources import Rejected
 
 log = logging.getLogger("bench")
 SPEC = REPO / "examples" / "fraud" / "spec.py"
+ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"  # Sparkov CSV rows -> events
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 DATA = REPO.parent / "shared" / "data"
 PHASES = ("raw", "naive", "workers", "worker", "latency", "replay")
@@ -517,7 +518,7 @@ def _read_events(args: argparse.Namespace) -> tuple[Any, list[Event]]:
     limit = None
     if args.smoke:
         limit = args.events + int(SMOKE_MAX_RATE * args.latency_seconds) + 100
-    codec, items = file_events(SPEC, args.input, limit)
+    codec, items = file_events(SPEC, args.input, limit, adapter=ADAPTER)
     events = [e for e in items if not isinstance(e, Rejected)]
     return codec, events
 
@@ -534,7 +535,8 @@ def _replay(args: argparse.Namespace, model: Path, work: Path) -> dict[str, dict
 
 def _replay_args(args: argparse.Namespace, work: Path, limit: int | None) -> list[str]:
     rows = ["--limit", str(limit)] if limit else []
-    return ["--input", str(args.input), "--features-out", str(work / f"f-{time.time_ns()}.parquet"), *rows]
+    features = str(work / f"f-{time.time_ns()}.parquet")
+    return ["--input", str(args.input), "--adapter", str(ADAPTER), "--features-out", features, *rows]
 
 
 _REPLAY_MODULE = """

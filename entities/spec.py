@@ -209,6 +209,21 @@ class Spec:
         """Feature names in spec order: the column order of every feature row."""
         return [f.name for f in self.features]
 
+    # --- SHIM (issue 17 plumbing): the contract's multi-type accessors over the
+    # single-type spec. The lead drops this at merge for entities' real implementation.
+    @property
+    def scored_types(self) -> list[str]:
+        """SHIM: the scored event types, in order (here: only ``score_on``)."""
+        return [self.score_on]
+
+    def feature_names_of(self, event_type: str) -> list[str]:
+        """SHIM: feature names of ``event_type``'s rows; SpecError for a type that is not scored."""
+        if event_type != self.score_on:
+            raise SpecError(f"{event_type!r} is not a scored event type (scored: {self.scored_types})")
+        return self.feature_names
+
+    # --- end of SHIM
+
     @property
     def event_types(self) -> dict[str, Fixed | Repeated]:
         """Event type -> the part of the record it updates."""

@@ -1,9 +1,11 @@
 """Backtest: score a replay's features with a model (and a challenger) and measure it.
 
-The feature Parquet already holds point-in-time features, so scoring is
-``Artifact.predict`` on the feature matrix in spec order, exactly as replay and the
-worker score. Writes ``metrics.json``, ``scores.parquet`` and a self-contained
-``report.html`` to the output directory.
+The feature Parquet (one scored event type) already holds point-in-time features,
+so scoring is ``Artifact.predict`` on the feature matrix in spec order, exactly as
+replay and the worker score. Metrics can be sliced by any columns of the source
+file, given per event id (:class:`Slices`; ``supernova backtest --slice-by COL
+--source FILE`` reads them). Writes ``metrics.json``, ``scores.parquet`` and a
+self-contained ``report.html`` to the output directory.
 """
 
 from __future__ import annotations
@@ -22,19 +24,26 @@ import pyarrow.parquet as pq
 
 from entities.spec import Spec
 from models import evaluation
-from models.artifact import Artifact, load
+from models.artifact import Artifact, ArtifactError, load
 from models.dataset import Dataset, iso_utc, read_features
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 ALERT_RATES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
-SLICE_COLUMNS = ("category", "state")
-SOURCE_ID_COLUMN = "trans_num"
 UNKNOWN_SLICE = "(not in source)"
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.parquet"
 REPORT_FILE = "report.html"
+
+
+@dataclass
+class Slices:
+    """Values to slice the metrics by: ``columns[name][i]`` belongs to event ``event_id[i]``."""
+
+    source: str  # where they come from (the file), for the report
+    event_id: list[str]
+    columns: dict[str, list[str]]
 
 
 @dataclass
@@ -63,7 +72,7 @@ def backtest(
     challenger_dir: str | Path | None = None,
     *,
     spec: Spec,
-    source_csv: str | Path | None = None,
+    slices: Slices | None = None,
 ) -> Backtest:
     """Score, measure, and write ``metrics.json``, ``scores.parquet`` and ``report.html``."""
     from models.report import write_report  # matplotlib is imported only when reporting
@@ -76,22 +85,30 @@ def backtest(
     if not len(data):
         raise ValueError(f"{features_parquet}: no labelled rows to backtest on")
     roles = [("champion", model_dir)] + ([("challenger", challenger_dir)] if challenger_dir else [])
-    scored = [ModelScores(role, art, art.predict(data.features)) for role, art in _load_all(roles, spec)]
+    loaded = _load_all(roles, spec)
+    for _, art in loaded:
+        if art.event_type != data.event_type:
+            raise ArtifactError(
+                f"{art.path}: model {art.name} {art.version} scores {art.event_type!r} events; "
+                f"{features_parquet} holds {data.event_type!r} rows"
+            )
+    scored = [ModelScores(role, art, art.predict(data.features)) for role, art in loaded]
     notes: list[str] = []
     if len(everything) > len(data):
         notes.append(f"{len(everything) - len(data):,} rows without a label were left out.")
-    slices = _slices(data, source_csv, notes)
-    result = Backtest(data, scored, {}, slices)
+    by_slice = _slices(data, slices, notes)
+    result = Backtest(data, scored, {}, by_slice)
     result.metrics = {
         "data": {
             "features": str(features_parquet),
-            "source_csv": str(source_csv) if source_csv else None,
+            "event_type": data.event_type,
+            "source": slices.source if slices else None,
             "rows": len(data),
             "positives": int(data.label.sum()),
             "from": iso_utc(int(data.ts.min())),
             "to": iso_utc(int(data.ts.max())),
         },
-        "models": {s.role: _model_metrics(s, data, slices, notes) for s in scored},
+        "models": {s.role: _model_metrics(s, data, by_slice, notes) for s in scored},
         "notes": notes,
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(_json_safe(result.metrics), indent=2) + "\n")
@@ -172,28 +189,26 @@ def _by_slice(values: np.ndarray, y: np.ndarray, p: np.ndarray) -> list[dict[str
     return sorted(rows, key=lambda r: -r["rows"])
 
 
-def _slices(data: Dataset, source_csv: str | Path | None, notes: list[str]) -> dict[str, np.ndarray]:
-    """Slice columns per row, joined from the source CSV by event id."""
-    if source_csv is None:
+def _slices(data: Dataset, slices: Slices | None, notes: list[str]) -> dict[str, np.ndarray]:
+    """Slice values per row, joined by event id."""
+    if slices is None:
         notes.append(
-            "Slices by category and state are skipped: the feature Parquet lacks them; "
-            "pass --source-csv to join them from the source file."
+            "No slices: the feature Parquet holds no source columns; pass --slice-by COL "
+            "with --source FILE to join them from the source file."
         )
         return {}
     import pandas as pd
 
-    try:
-        source = pd.read_csv(source_csv, usecols=[SOURCE_ID_COLUMN, *SLICE_COLUMNS], dtype=str)
-    except ValueError as exc:
-        notes.append(f"Slices skipped: {source_csv} lacks {SOURCE_ID_COLUMN}/{SLICE_COLUMNS} ({exc}).")
-        return {}
-    source = source.drop_duplicates(SOURCE_ID_COLUMN).set_index(SOURCE_ID_COLUMN)
+    source = pd.DataFrame({"event_id": slices.event_id, **slices.columns}, dtype=object)
+    source = source.drop_duplicates("event_id").set_index("event_id")
     position = source.index.get_indexer(pd.Index(data.event_id.astype(str)))
     missing = int((position < 0).sum())
     if missing:
-        notes.append(f"{missing:,} events were not found in {source_csv}; their slice is {UNKNOWN_SLICE!r}.")
+        notes.append(
+            f"{missing:,} events were not found in {slices.source}; their slice is {UNKNOWN_SLICE!r}."
+        )
     out = {}
-    for col in SLICE_COLUMNS:
+    for col in slices.columns:
         values = source[col].to_numpy(dtype=object)
         out[col] = np.where(position >= 0, values[np.maximum(position, 0)], UNKNOWN_SLICE).astype(str)
     return out

@@ -1,7 +1,9 @@
 """Feature rows from a replay's Parquet: keys, the feature matrix in spec order, labels.
 
-Replay writes point-in-time features, so training and backtests read them as they
-are; this module only checks the columns against the spec and puts rows in time order.
+Replay writes point-in-time features, one file per scored event type, so training
+and backtests read them as they are; this module only finds the file's event type
+(its schema metadata), checks the columns against that type's features and puts
+rows in time order.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from entities.spec import Spec
 
 log = logging.getLogger(__name__)
 KEY_COLUMNS = ("event_id", "entity_id", "ts")
+# Schema metadata of replay's Parquet files: which scored type's rows, under which spec.
+META_EVENT_TYPE = "supernova.event_type"
+META_SPEC_HASH = "supernova.spec_hash"
 
 
 class DatasetError(ValueError):
@@ -34,6 +39,7 @@ class Dataset:
     features: np.ndarray
     label: np.ndarray
     feature_names: list[str]
+    event_type: str = ""
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -47,6 +53,7 @@ class Dataset:
             self.features[mask_or_index],
             self.label[mask_or_index],
             self.feature_names,
+            self.event_type,
         )
 
     def labelled(self) -> Dataset:
@@ -63,12 +70,40 @@ def iso_utc(ms: int) -> str:
     return str(np.datetime64(int(ms), "ms").astype("datetime64[s]")) + "Z"
 
 
-def read_features(path: str | Path, spec: Spec) -> Dataset:
-    """Read a replay feature Parquet, refusing one whose feature columns differ from the spec."""
+def schema_metadata(event_type: str, spec_hash: str) -> dict[str, str]:
+    """The schema metadata replay writes on each of its Parquet files."""
+    return {META_EVENT_TYPE: event_type, META_SPEC_HASH: spec_hash}
+
+
+def features_event_type(path: str | Path, spec: Spec) -> str:
+    """The scored event type of a feature Parquet, from its schema metadata.
+
+    A file without it (written before multi-type specs) is taken as the rows of the
+    spec's only scored type; with several, it is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"feature file not found: {path}")
-    names = spec.feature_names
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(META_EVENT_TYPE.encode())
+    if raw is None:
+        if len(spec.scored_types) == 1:
+            return spec.scored_types[0]
+        raise DatasetError(
+            f"{path}: no {META_EVENT_TYPE} in its metadata, and the spec scores {spec.scored_types}: "
+            "replay it again (`supernova replay --features-out DIR`)"
+        )
+    event_type = raw.decode()
+    if event_type not in spec.scored_types:
+        raise DatasetError(f"{path}: rows of {event_type!r} events; the spec scores {spec.scored_types}")
+    return event_type
+
+
+def read_features(path: str | Path, spec: Spec) -> Dataset:
+    """Read a replay feature Parquet, refusing one whose columns differ from its type's features."""
+    path = Path(path)
+    event_type = features_event_type(path, spec)
+    names = spec.feature_names_of(event_type)
     present = pq.read_schema(path).names
     missing = [c for c in (*KEY_COLUMNS, *names, "label") if c not in present]
     if missing:
@@ -85,6 +120,7 @@ def read_features(path: str | Path, spec: Spec) -> Dataset:
         features=features.reshape(len(ts), len(names)),
         label=table.column("label").to_numpy().astype(np.float64),
         feature_names=names,
+        event_type=event_type,
     )
     # Replay writes in event order already; a stable sort keeps ties in file order.
     if len(ts) and (np.diff(ts) < 0).any():

@@ -1,24 +1,30 @@
-"""The model registry: a directory of artifacts plus ``champion`` / ``challenger`` pointers.
+"""The model registry: a directory of artifacts plus champion / challenger pointers per scored type.
 
 Layout::
 
     <registry>/
-        fraud-20251125T101500Z/     model.txt + manifest.json (one artifact per directory)
-        fraud-20251126T091200Z/
-        champion.json               {"artifact": "fraud-20251126T091200Z", "version": ..., ...}
-        challenger.json             (optional)
-        promotions.jsonl            one line per promotion: who replaced whom, when
+        fraud-20251125T101500Z/          model.txt + manifest.json (one artifact per directory;
+        fraud-20251126T091200Z/          the manifest names the event type it scores)
+        pointers/
+            transaction/
+                champion.json            {"artifact": "fraud-20251126T091200Z", "event_type": ..., ...}
+                challenger.json          (optional)
+            login/
+                champion.json
+        promotions.jsonl                 one line per promotion: type, who replaced whom, when
 
-A pointer names its artifact relative to the registry, so the directory can move.
-Pointers are replaced atomically (write, fsync, rename): a worker watching
-``champion.json`` sees the old pointer or the new one, never half of one, and an
-artifact is complete before it can be pointed at (``save`` writes its manifest last).
-The default registry is ``models/artifacts/`` in the repository; ``$SUPERNOVA_MODEL_REGISTRY``
-or an explicit directory overrides it.
+Each scored event type has its own champion and challenger; a promotion reads the
+type from the artifact's manifest. A pointer names its artifact relative to the
+registry, so the directory can move. Pointers are replaced atomically (write,
+fsync, rename): a worker watching ``champion.json`` sees the old pointer or the new
+one, never half of one, and an artifact is complete before it can be pointed at
+(``save`` writes its manifest last). The default registry is ``models/artifacts/``
+in the repository; ``$SUPERNOVA_MODEL_REGISTRY`` or an explicit directory overrides it.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import logging
@@ -37,6 +43,7 @@ REGISTRY_ENV = "SUPERNOVA_MODEL_REGISTRY"
 DEFAULT_REGISTRY = Path(__file__).resolve().parent / "artifacts"
 ROLES = ("champion", "challenger")
 HISTORY_FILE = "promotions.jsonl"
+POINTERS_DIR = "pointers"
 
 
 class RegistryError(ValueError):
@@ -64,6 +71,7 @@ class Entry:
             "version": m.version,
             "created_at": m.created_at,
             "spec_hash": m.spec_hash,
+            "event_type": m.event_type,
             "roc_auc": m.metrics.get("roc_auc"),
             "pr_auc": m.metrics.get("pr_auc"),
         }
@@ -132,43 +140,51 @@ class Registry:
         return Entry(target, manifest)
 
     def promote(self, ref: str | Path, role: str = "champion", spec: Spec | None = None) -> Entry:
-        """Point ``role`` at an artifact; with ``spec``, first check that it loads under it.
+        """Point ``role`` of the artifact's event type at it; with ``spec``, first check that it loads.
 
-        Promoting the current challenger to champion clears the challenger pointer.
+        Promoting the current challenger to champion clears that type's challenger pointer.
         """
         _check_role(role)
         entry = self.find(ref)
         if spec is not None:
             load(entry.path, spec)  # raises ArtifactError with the reason
-        previous = self.pointer(role)
-        now = _now()
+        event_type = _check_type(entry.manifest.event_type)
+        previous = self.pointer(role, event_type)
         pointer = {
             "role": role,
+            "event_type": event_type,
             "artifact": entry.key,
             "name": entry.manifest.name,
             "version": entry.manifest.version,
             "spec_hash": entry.manifest.spec_hash,
-            "promoted_at": now,
+            "promoted_at": _now(),
         }
-        _write_atomically(self.root / f"{role}.json", json.dumps(pointer, indent=2) + "\n")
-        challenger = self.pointer("challenger")
+        _write_atomically(self._pointer_path(role, event_type), json.dumps(pointer, indent=2) + "\n")
+        challenger = self.pointer("challenger", event_type)
         if role == "champion" and challenger is not None and challenger.get("artifact") == entry.key:
-            self.clear("challenger")
+            self.clear("challenger", event_type)
         with open(self.root / HISTORY_FILE, "a") as history:
             previous_key = previous.get("artifact") if previous else None
             history.write(json.dumps({**pointer, "previous": previous_key}) + "\n")
-        log.info("%s is now %s", role, entry.key)
+        log.info("%s of %s is now %s", role, event_type, entry.key)
         return entry
 
-    def clear(self, role: str) -> None:
-        """Remove a pointer (the challenger, typically)."""
-        _check_role(role)
-        (self.root / f"{role}.json").unlink(missing_ok=True)
+    def event_types(self) -> builtins.list[str]:
+        """The event types that have a pointer, sorted."""
+        base = self.root / POINTERS_DIR
+        if not base.is_dir():
+            return []
+        return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("*.json")))
 
-    def pointer(self, role: str) -> dict[str, Any] | None:
-        """The raw pointer JSON of ``role``, or None when unset."""
+    def clear(self, role: str, event_type: str | None = None) -> None:
+        """Remove a pointer (the challenger, typically); the type may be left out if only one has pointers."""
         _check_role(role)
-        path = self.root / f"{role}.json"
+        self._pointer_path(role, self._one_type(event_type)).unlink(missing_ok=True)
+
+    def pointer(self, role: str, event_type: str) -> dict[str, Any] | None:
+        """The raw pointer JSON of ``role`` for ``event_type``, or None when unset."""
+        _check_role(role)
+        path = self._pointer_path(role, event_type)
         try:
             return json.loads(path.read_text())  # type: ignore[no-any-return]
         except FileNotFoundError:
@@ -176,24 +192,56 @@ class Registry:
         except ValueError as exc:
             raise RegistryError(f"{path}: unreadable pointer: {exc}") from None
 
-    def resolve(self, role: str) -> Entry | None:
-        """The artifact ``role`` points at, or None when unset."""
-        pointer = self.pointer(role)
+    def pointers(self) -> dict[str, dict[str, str | None]]:
+        """Event type -> role -> the artifact it points at (None when unset)."""
+        out: dict[str, dict[str, str | None]] = {}
+        for event_type in self.event_types():
+            roles = {role: self.pointer(role, event_type) for role in ROLES}
+            out[event_type] = {role: p.get("artifact") if p else None for role, p in roles.items()}
+        return out
+
+    def resolve(self, role: str, event_type: str) -> Entry | None:
+        """The artifact ``role`` of ``event_type`` points at, or None when unset."""
+        pointer = self.pointer(role, event_type)
         if pointer is None:
             return None
         path = self.root / pointer["artifact"]
         try:
-            return Entry(path, read_manifest(path))
+            entry = Entry(path, read_manifest(path))
         except ArtifactError as exc:
-            raise RegistryError(f"{role}.json points at {pointer['artifact']}: {exc}") from None
+            raise RegistryError(f"{event_type}/{role}.json points at {pointer['artifact']}: {exc}") from None
+        if entry.manifest.event_type != event_type:
+            raise RegistryError(
+                f"{event_type}/{role}.json points at {entry.key}, "
+                f"a model of {entry.manifest.event_type!r} events"
+            )
+        return entry
 
-    def champion(self) -> Entry | None:
-        """The serving model, or None when none is promoted."""
-        return self.resolve("champion")
+    def champion(self, event_type: str) -> Entry | None:
+        """The serving model of ``event_type``, or None when none is promoted."""
+        return self.resolve("champion", event_type)
 
-    def challenger(self) -> Entry | None:
-        """The shadow model, or None."""
-        return self.resolve("challenger")
+    def challenger(self, event_type: str) -> Entry | None:
+        """The shadow model of ``event_type``, or None."""
+        return self.resolve("challenger", event_type)
+
+    def _pointer_path(self, role: str, event_type: str) -> Path:
+        return self.root / POINTERS_DIR / _check_type(event_type) / f"{role}.json"
+
+    def _one_type(self, event_type: str | None) -> str:
+        if event_type is not None:
+            return event_type
+        types = self.event_types()
+        if len(types) != 1:
+            raise RegistryError(f"name the event type (--type): the registry has pointers for {types}")
+        return types[0]
+
+
+def _check_type(event_type: str) -> str:
+    """An event type usable as a directory name (it becomes one under ``pointers/``)."""
+    if not event_type or event_type.startswith(".") or "/" in event_type or "\\" in event_type:
+        raise RegistryError(f"event type {event_type!r} cannot name a pointer directory")
+    return event_type
 
 
 def _check_role(role: str) -> None:

@@ -120,7 +120,7 @@ def _header(m: dict[str, Any]) -> str:
         f"<span class='{role}'>{role}</span> {html.escape(_model_label(mm))}"
         for role, mm in m["models"].items()
     )
-    source = f"; slices from {html.escape(d['source_csv'])}" if d.get("source_csv") else ""
+    source = f"; slices from {html.escape(d['source'])}" if d.get("source") else ""
     return (
         f"<h1>Model backtest</h1><p class='sub'>{models}<br>"
         f"{d['rows']:,} labelled events ({d['positives']:,} fraud, {_pct(d['positives'] / d['rows'])}) "

@@ -1,4 +1,4 @@
-"""Train a LightGBM fraud model on replayed features and write it as an artifact.
+"""Train a LightGBM model on replayed features of one scored event type and write it as an artifact.
 
 The split is by time, never random: rows before ``valid_from`` train, rows from it
 on validate and drive early stopping. A random split would put a card's later
@@ -64,7 +64,7 @@ def train(
     features_parquet: str | Path,
     out_dir: str | Path,
     valid_from: str | dt.datetime | int | None = None,
-    name: str = "fraud",
+    name: str | None = None,
     params: dict[str, Any] | None = None,
     num_boost_round: int = NUM_BOOST_ROUND,
     early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
@@ -72,17 +72,22 @@ def train(
 ) -> Artifact:
     """Train on a replay's feature Parquet, save the artifact to ``out_dir`` and load it back.
 
-    ``valid_from`` (ISO date/time in UTC, datetime or epoch ms) starts the validation
-    period; by default it is the time of the row at 80% of the (time-ordered) rows.
+    The model scores the file's event type (its ``supernova.event_type`` metadata).
+    ``name`` defaults to :func:`default_name`. ``valid_from`` (ISO date/time in UTC,
+    datetime or epoch ms) starts the validation period; by default it is the time of
+    the row at 80% of the (time-ordered) rows.
     """
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST_FILE).exists():
         raise TrainError(f"{out_dir} already holds an artifact; choose a new --out directory")
     data = read_features(features_parquet, spec).labelled()
+    event_type, feature_names = data.event_type, data.feature_names
+    name = name or default_name(spec, event_type)
     train_set, valid_set, cut = split_by_time(data, valid_from)
     params = {**DEFAULT_PARAMS, **(params or {})}
     log.info(
-        "training on %s rows (%d fraud) before %s, validating on %s rows (%d fraud)",
+        "training %s on %s rows (%d positive) before %s, validating on %s rows (%d positive)",
+        event_type,
         f"{len(train_set):,}",
         int(train_set.label.sum()),
         iso_utc(cut),
@@ -92,7 +97,7 @@ def train(
     dtrain = lgb.Dataset(
         train_set.features,
         train_set.label,
-        feature_name=spec.feature_names,
+        feature_name=feature_names,
         free_raw_data=False,
     )
     dvalid = lgb.Dataset(valid_set.features, valid_set.label, reference=dtrain)
@@ -119,8 +124,9 @@ def train(
     manifest = Manifest(
         name=name,
         version=version or created.strftime("%Y%m%dT%H%M%SZ"),
-        feature_names=spec.feature_names,
+        feature_names=feature_names,
         spec_hash=spec.hash(),
+        event_type=event_type,
         lightgbm_version=lgb.__version__,
         created_at=created.isoformat().replace("+00:00", "Z"),
         train={
@@ -136,7 +142,7 @@ def train(
             "base_rate": valid_summary["base_rate"],
             "best_iteration": best,
             "feature_importance_gain": {
-                n: round(float(g), 3) for n, g in zip(spec.feature_names, gain, strict=True)
+                n: round(float(g), 3) for n, g in zip(feature_names, gain, strict=True)
             },
         },
         params={**params, "num_boost_round": num_boost_round, "early_stopping_rounds": early_stopping_rounds},
@@ -144,6 +150,12 @@ def train(
     save(out_dir, booster, manifest)
     log.info("wrote %s %s to %s", manifest.name, manifest.version, out_dir)
     return load(out_dir, spec)
+
+
+def default_name(spec: Spec, event_type: str) -> str:
+    """The spec's name for a single-type spec, else ``<spec name>-<event type>``."""
+    base = spec.name or "model"
+    return base if len(spec.scored_types) == 1 else f"{base}-{event_type}"
 
 
 def split_by_time(data: Dataset, valid_from: str | dt.datetime | int | None) -> tuple[Dataset, Dataset, int]:

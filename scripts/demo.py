@@ -35,6 +35,8 @@ from streams.produce import file_events, produce, tail  # noqa: E402
 from streams.sources import Rejected  # noqa: E402
 
 SPEC = REPO / "examples" / "fraud" / "spec.py"
+ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"  # Sparkov CSV rows -> events
+SLICE_BY = ["category", "state"]  # backtest slices: Sparkov columns the adapter reads
 DATA = REPO.parent / "shared" / "data"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 console = Console()
@@ -92,42 +94,60 @@ def main() -> int:
 
 
 def ensure_model(args: argparse.Namespace) -> Path:
-    """The registry's champion; trains, registers and promotes one if there is none."""
+    """The registry's champion of each scored type; trains, registers and promotes the missing ones.
+
+    Returns the champion of the first scored type (the fraud spec has one: transaction).
+    """
     from models.registry import Registry
     from models.train import train
-    from streams.replay import replay
+    from streams.replay import output_paths, replay
 
+    spec = load_spec(SPEC)
     reg = Registry(args.registry)
-    champion = reg.champion()
-    if champion is not None:
-        console.print(f"[bold]model[/]: champion {champion.key} (registry {reg.root})")
-        return champion.path
-    features = args.out / "train-features.parquet"
-    console.print(f"[bold]no champion model[/]: replaying {args.train_input} to train one (first run only)")
-    console.print(replay(SPEC, args.train_input, features_out=features).line())
-    artifact = train(load_spec(SPEC), features, args.out / f"model-{time.strftime('%Y%m%dT%H%M%S')}")
-    metrics = artifact.manifest.metrics
-    console.print(
-        f"trained {artifact.name} {artifact.version}: validation ROC-AUC {metrics.get('roc_auc', 0):.4f}, "
-        f"PR-AUC {metrics.get('pr_auc', 0):.4f}"
-    )
-    entry = reg.register(artifact.path)
-    reg.promote(entry.key, spec=load_spec(SPEC))
-    return entry.path
+    missing = [t for t in spec.scored_types if reg.champion(t) is None]
+    if missing:
+        features = args.out / "train-features"  # a directory: one <event_type>.parquet per scored type
+        console.print(
+            f"[bold]no champion model of {missing}[/]: replaying {args.train_input} (first run only)"
+        )
+        console.print(replay(SPEC, args.train_input, features_out=features, adapter=ADAPTER).line())
+        for event_type, path in output_paths(spec, features).items():
+            if event_type not in missing:
+                continue
+            artifact = train(spec, path, args.out / f"model-{event_type}-{time.strftime('%Y%m%dT%H%M%S')}")
+            metrics = artifact.manifest.metrics
+            console.print(
+                f"trained {artifact.name} {artifact.version}: validation ROC-AUC "
+                f"{metrics.get('roc_auc', 0):.4f}, PR-AUC {metrics.get('pr_auc', 0):.4f}"
+            )
+            reg.promote(reg.register(artifact.path).key, spec=spec)
+    champions = {t: reg.champion(t) for t in spec.scored_types}
+    for event_type, entry in champions.items():
+        assert entry is not None
+        console.print(f"[bold]model[/] of {event_type}: champion {entry.key} (registry {reg.root})")
+    first = champions[spec.scored_types[0]]
+    assert first is not None
+    return first.path
 
 
 def ensure_backtest(args: argparse.Namespace, model: Path) -> Path:
     """A backtest report of the champion on the input period (made once per model)."""
-    from models.backtest import backtest
-    from streams.replay import replay
+    from models.artifact import read_manifest
+    from models.backtest import Slices, backtest
+    from streams.replay import output_paths, replay
+    from streams.sources import slice_columns
 
     out = args.out / "backtest" / model.name
     if (out / "report.html").exists():
         return out / "report.html"
-    features = args.out / "test-features.parquet"
+    spec = load_spec(SPEC)
+    features_dir = args.out / "test-features"
     console.print(f"[bold]backtest[/]: replaying {args.input} for point-in-time features")
-    console.print(replay(SPEC, args.input, features_out=features).line())
-    result = backtest(model, features, out, spec=load_spec(SPEC), source_csv=args.input)
+    console.print(replay(SPEC, args.input, features_out=features_dir, adapter=ADAPTER).line())
+    features = output_paths(spec, features_dir)[read_manifest(model).event_type]
+    columns = slice_columns(args.input, spec, SLICE_BY, ADAPTER)
+    slices = Slices(str(args.input), columns.pop("event_id"), columns)
+    result = backtest(model, features, out, spec=spec, slices=slices)
     overall = result.metrics["models"]["champion"]["overall"]
     console.print(
         f"backtest on {overall['rows']:,} events: "
@@ -138,7 +158,7 @@ def ensure_backtest(args: argparse.Namespace, model: Path) -> Path:
 
 async def stream(args: argparse.Namespace, bootstrap: str, run_id: str, model: Path) -> None:
     """Publish the input and show scores as they come back."""
-    codec, events = file_events(SPEC, args.input, args.events)
+    codec, events = file_events(SPEC, args.input, args.events, adapter=ADAPTER)
     state = {"produced": 0, "scored": 0, "alerts": 0, "caught": 0, "frauds": 0}
     alerts: collections.deque[tuple[str, str, float, float, float]] = collections.deque(maxlen=8)
     labels: dict[str, float] = {}

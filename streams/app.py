@@ -79,13 +79,17 @@ def create_app(
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ok = worker.consumer is not None and not worker._stopping
-        scorer = worker.scorer
         return web.json(
             {
                 "status": "ok" if ok else "starting",
                 "partitions": sorted(worker.parts),
-                "model": f"{scorer.champion.name} {scorer.champion.version}",
-                "shadow": f"{scorer.shadow.name} {scorer.shadow.version}" if scorer.shadow else None,
+                "models": {  # per scored event type: the model and its shadow
+                    event_type: {
+                        "model": f"{scorer.champion.name} {scorer.champion.version}",
+                        "shadow": f"{scorer.shadow.name} {scorer.shadow.version}" if scorer.shadow else None,
+                    }
+                    for event_type, scorer in worker.scorers.items()
+                },
             },
             status=200 if ok else 503,
         )

@@ -26,21 +26,46 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("replay", help="replay a recorded file through the core into Parquet")
     p.add_argument("--spec", required=True, type=Path, help="feature spec module")
-    p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz)")
+    p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz) of wire events")
+    _adapter_arg(p)
     p.add_argument("--limit", type=int, help="read only the first N input rows")
-    p.add_argument("--features-out", type=Path, help="Parquet of feature rows")
-    p.add_argument("--model", type=Path, help="model artifact directory: also score")
-    p.add_argument("--scores-out", type=Path, help="Parquet of scores (needs --model)")
+    p.add_argument(
+        "--features-out",
+        type=Path,
+        help="feature rows: F.parquet (for a spec with one scored type) or a directory "
+        "(one <event_type>.parquet per scored type)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=[],
+        help="model artifact directory: also score (repeatable: one per scored type)",
+    )
+    p.add_argument("--scores-out", type=Path, help="scores, as --features-out (needs --model)")
     p.set_defaults(run=_replay)
 
     p = sub.add_parser("worker", help="run the streaming worker (faust app + batch loop)")
     p.add_argument("--spec", required=True, type=Path)
     models = p.add_mutually_exclusive_group(required=True)
-    models.add_argument("--model", type=Path, help="model artifact directory (fixed)")
     models.add_argument(
-        "--registry", type=Path, help="model registry: serve its champion, shadow its challenger, hot-reload"
+        "--model",
+        type=Path,
+        action="append",
+        help="model artifact directory (fixed; repeatable: one per scored type)",
     )
-    p.add_argument("--shadow", type=Path, help="challenger artifact scored in shadow (with --model)")
+    models.add_argument(
+        "--registry",
+        type=Path,
+        help="model registry: serve each scored type's champion, shadow its challenger, hot-reload",
+    )
+    p.add_argument(
+        "--shadow",
+        type=Path,
+        action="append",
+        default=[],
+        help="challenger artifact scored in shadow (with --model; repeatable: one per scored type)",
+    )
     p.add_argument("--explain", type=int, default=0, metavar="K", help="top-K contributions per score")
     _kafka_args(p)
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="RocksDB and faust state")
@@ -69,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("produce", help="publish a recorded file as events")
     p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
-    p.add_argument("--input", required=True, type=Path)
+    p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz) of wire events")
+    _adapter_arg(p)
     p.add_argument("--limit", type=int)
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
     p.add_argument("--topic", default="events")
@@ -99,6 +125,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args) or 0)
 
 
+def _adapter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapter",
+        metavar="FILE.py[:NAME]",
+        help="input adapter mapping CSV rows to events (NAME defaults to the file's `adapter`); "
+        "JSON lines of wire events need none",
+    )
+
+
+def _one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A user's mistake (spec, adapter, model, output path) ends the command with one line."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        from entities.spec import SpecError
+        from models.artifact import ArtifactError
+        from streams.adapters import AdapterError
+        from streams.replay import OutputError
+
+        try:
+            return run(args)
+        except (SpecError, AdapterError, ArtifactError, OutputError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_one_line_errors
 def _replay(args: argparse.Namespace) -> int:
     from streams.replay import replay
 
@@ -122,8 +176,9 @@ def _replay(args: argparse.Namespace) -> int:
             args.input,
             features_out=args.features_out,
             limit=args.limit,
-            model_dir=args.model,
+            models=args.model,
             scores_out=args.scores_out,
+            adapter=args.adapter,
             on_reject=on_reject,
             on_progress=advance,
         )
@@ -164,7 +219,6 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
 def _worker(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
-    from models.artifact import load
     from models.scorer import Scorer
     from streams.app import create_app
     from streams.reload import ModelWatcher
@@ -172,10 +226,13 @@ def _worker(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     if args.registry:
-        champion, shadow = ModelWatcher.initial(args.registry, spec)
+        models = ModelWatcher.initial(args.registry, spec)
     else:
-        champion, shadow = load(args.model, spec), load(args.shadow, spec) if args.shadow else None
-    scorer = Scorer(champion, shadow=shadow, explain_top_k=args.explain)
+        models = _fixed_models(args.model, args.shadow, spec)
+    scorers = {
+        t: Scorer(champion, shadow=shadow, explain_top_k=args.explain)
+        for t, (champion, shadow) in models.items()
+    }
     cfg = WorkerConfig(
         bootstrap=args.bootstrap,
         app_id=args.app_id,
@@ -200,8 +257,8 @@ def _worker(args: argparse.Namespace) -> int:
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )
-    worker = BatchWorker(cfg, spec, scorer)
-    watcher = ModelWatcher(args.registry, spec, scorer, worker.lock) if args.registry else None
+    worker = BatchWorker(cfg, spec, scorers)
+    watcher = ModelWatcher(args.registry, spec, scorers, worker.lock) if args.registry else None
     app = create_app(
         cfg,
         worker,
@@ -213,12 +270,26 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fixed_models(champions: list[Path], shadows: list[Path], spec: Any) -> dict[str, tuple[Any, Any]]:
+    """``--model``/``--shadow`` artifacts per scored type; a type without a model ends the command."""
+    from models.artifact import ArtifactError, load_by_type, require_every_type
+
+    try:
+        models = load_by_type(champions, spec)
+        require_every_type(models, spec, "--model DIR (or --registry DIR)")
+        shadow = load_by_type(shadows, spec)
+    except ArtifactError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return {t: (models[t], shadow.get(t)) for t in spec.scored_types}
+
+
+@_one_line_errors
 def _produce(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.produce import file_events, produce
 
-    codec, events = file_events(args.spec, args.input, args.limit)
+    codec, events = file_events(args.spec, args.input, args.limit, adapter=args.adapter)
     rejected = 0
 
     def on_reject(item: Rejected) -> None:

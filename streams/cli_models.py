@@ -22,11 +22,17 @@ def add_model_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="train a LightGBM model on replayed features")
     p.add_argument("--spec", required=True, type=Path, help="feature spec module")
     p.add_argument(
-        "--features", required=True, type=Path, help="feature Parquet from `replay --features-out`"
+        "--features",
+        required=True,
+        type=Path,
+        help="feature Parquet of one scored type from `replay --features-out` (its metadata names the type)",
     )
     p.add_argument("--out", required=True, type=Path, help="new artifact directory")
     p.add_argument("--valid-from", help="ISO date (UTC) where validation starts (default: at 80%% of rows)")
-    p.add_argument("--name", default="fraud", help="model name (default: fraud)")
+    p.add_argument(
+        "--name",
+        help="model name (default: the spec's name; <spec name>-<event type> when it scores several types)",
+    )
     p.add_argument("--version", help="model version (default: UTC time of training)")
     p.add_argument(
         "--param",
@@ -48,7 +54,20 @@ def add_model_commands(sub: Any) -> None:
         "--features", required=True, type=Path, help="feature Parquet from `replay --features-out`"
     )
     p.add_argument("--out", required=True, type=Path, help="report directory")
-    p.add_argument("--source-csv", type=Path, help="source CSV: join category/state slices by trans_num")
+    p.add_argument(
+        "--slice-by",
+        action="append",
+        default=[],
+        metavar="COL",
+        help="also measure per value of COL, joined by event id from --source (repeatable): a CSV column "
+        "its adapter reads, or for JSON lines type, entity_id or attrs.<field>",
+    )
+    p.add_argument("--source", type=Path, help="the replayed input file, for --slice-by")
+    p.add_argument(
+        "--adapter",
+        metavar="FILE.py[:NAME]",
+        help="input adapter of a CSV --source (NAME defaults to the file's `adapter`)",
+    )
     p.set_defaults(run=_backtest)
 
     p = sub.add_parser("models", help="the model registry: list, register, promote, clear")
@@ -58,19 +77,20 @@ def add_model_commands(sub: Any) -> None:
         help="registry directory (default: $SUPERNOVA_MODEL_REGISTRY or models/artifacts)",
     )
     msub = p.add_subparsers(dest="models_command", required=True)
-    q = msub.add_parser("list", help="artifacts and the champion/challenger pointers")
+    q = msub.add_parser("list", help="artifacts and the champion/challenger pointers of each scored type")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(run=_list)
     q = msub.add_parser("register", help="copy an artifact directory into the registry")
     q.add_argument("artifact", type=Path)
     q.set_defaults(run=_register)
-    q = msub.add_parser("promote", help="point champion (or challenger) at an artifact")
+    q = msub.add_parser("promote", help="point champion (or challenger) of the artifact's scored type at it")
     q.add_argument("ref", help="artifact directory name, version, or model name (its newest)")
     q.add_argument("--role", choices=("champion", "challenger"), default="champion")
     q.add_argument("--spec", type=Path, help="refuse unless the artifact loads under this spec")
     q.set_defaults(run=_promote)
     q = msub.add_parser("clear", help="remove a pointer (e.g. the challenger)")
     q.add_argument("role", choices=("champion", "challenger"))
+    q.add_argument("--type", dest="event_type", help="scored event type (needed when several have pointers)")
     q.set_defaults(run=_clear)
 
 
@@ -84,10 +104,21 @@ def _user_errors(run: Command) -> Command:
         from models.dataset import DatasetError
         from models.registry import RegistryError
         from models.train import TrainError
+        from streams.adapters import AdapterError
+        from streams.sources import SourceError
 
+        errors = (
+            SpecError,
+            ArtifactError,
+            DatasetError,
+            RegistryError,
+            TrainError,
+            AdapterError,
+            SourceError,
+        )
         try:
             return run(args)
-        except (SpecError, ArtifactError, DatasetError, RegistryError, TrainError) as exc:
+        except errors as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
@@ -125,12 +156,18 @@ def _train(args: argparse.Namespace) -> int:
 @_user_errors
 def _backtest(args: argparse.Namespace) -> int:
     from entities.spec import load_spec
-    from models.backtest import REPORT_FILE, backtest
+    from models.backtest import REPORT_FILE, Slices, backtest
+    from streams.sources import slice_columns
 
+    if args.slice_by and not args.source:
+        raise SystemExit("--slice-by needs --source FILE (the replayed input) to join the columns from")
     spec = load_spec(args.spec)
-    result = backtest(
-        args.model, args.features, args.out, args.challenger, spec=spec, source_csv=args.source_csv
-    )
+    slices = None
+    if args.slice_by:
+        columns = slice_columns(args.source, spec, args.slice_by, args.adapter)
+        event_id = columns.pop("event_id")
+        slices = Slices(str(args.source), event_id, columns)
+    result = backtest(args.model, args.features, args.out, args.challenger, spec=spec, slices=slices)
     for role, m in result.metrics["models"].items():
         o = m["overall"]
         print(
@@ -146,7 +183,7 @@ def _list(args: argparse.Namespace) -> int:
     from models.registry import ROLES, Registry
 
     registry = Registry(args.registry)
-    pointers = {role: (registry.pointer(role) or {}).get("artifact") for role in ROLES}
+    pointers = registry.pointers()
     entries = [e.as_dict() for e in registry.list()]
     if args.json:
         print(
@@ -154,13 +191,15 @@ def _list(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"registry {registry.root}")
+    for event_type, roles in pointers.items():
+        print(f"  {event_type}: " + ", ".join(f"{role} {roles[role] or '-'}" for role in ROLES))
     if not entries:
         print("  (no artifacts)")
     for e in entries:
-        roles = [role for role, key in pointers.items() if key == e["artifact"]]
-        mark = f"  <- {', '.join(roles)}" if roles else ""
+        marks = [role for role, key in pointers.get(e["event_type"], {}).items() if key == e["artifact"]]
+        mark = f"  <- {', '.join(marks)} of {e['event_type']}" if marks else ""
         print(
-            f"  {e['artifact']:<40} created {e['created_at']}  spec {e['spec_hash']}  "
+            f"  {e['artifact']:<40} {e['event_type']:<12} created {e['created_at']}  spec {e['spec_hash']}  "
             f"ROC-AUC {_fmt(e['roc_auc'])}  PR-AUC {_fmt(e['pr_auc'])}{mark}"
         )
     return 0
@@ -182,7 +221,7 @@ def _promote(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec) if args.spec else None
     entry = Registry(args.registry).promote(args.ref, role=args.role, spec=spec)
-    print(f"{args.role} -> {entry.key}")
+    print(f"{args.role} of {entry.manifest.event_type} -> {entry.key}")
     return 0
 
 
@@ -190,7 +229,7 @@ def _promote(args: argparse.Namespace) -> int:
 def _clear(args: argparse.Namespace) -> int:
     from models.registry import Registry
 
-    Registry(args.registry).clear(args.role)
+    Registry(args.registry).clear(args.role, args.event_type)
     print(f"cleared {args.role}")
     return 0
 

@@ -25,6 +25,7 @@ class ScoreMessage(msgspec.Struct, omit_defaults=True):
 
     event_id: str
     entity_id: str
+    event_type: str  # the scored event type; its model scored it
     event_ts: int  # epoch ms, as on the event
     scored_at: int  # epoch ms
     model: str

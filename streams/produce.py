@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
 from entities.events import Event, EventCodec
-from entities.spec import load_spec_module
+from entities.spec import load_spec
+from streams.adapters import AdapterRef
 from streams.kafka_io import (
     DEFAULT_PARTITIONS,
     MAX_PRODUCER_BATCH,
@@ -27,12 +28,14 @@ CHUNK = 2000
 
 
 def file_events(
-    spec_path: Path, input_path: Path, limit: int | None
+    spec_path: Path, input_path: Path, limit: int | None, adapter: AdapterRef = None
 ) -> tuple[EventCodec, Iterator[Event | Rejected]]:
-    """The events of a file in arrival order (read whole and sorted stably by ts)."""
-    module = load_spec_module(spec_path)
-    codec = EventCodec(module.spec)
-    return codec, read_events(input_path, codec, module, limit, sort=True)
+    """The events of a file in arrival order (read whole and sorted stably by ts).
+
+    ``adapter`` maps CSV rows to events (a class or ``FILE.py[:NAME]``); JSON lines need none.
+    """
+    codec = EventCodec(load_spec(spec_path))
+    return codec, read_events(input_path, codec, adapter, limit, sort=True)
 
 
 async def produce(

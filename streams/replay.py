@@ -1,9 +1,13 @@
 """Replay: a recorded file through the same core as the worker, into Parquet.
 
-Output columns: ``event_id, entity_id, ts`` + one column per feature in spec order +
-``label``; with a model, a second file of scores. Features of each event are
-point-in-time correct by construction: they are computed from the record as it was
-when the event arrived, exactly as the worker computes them.
+One feature file per scored event type: ``event_id, entity_id, ts`` + one column
+per feature of that type in spec order + ``label``; with a model per type, a file of
+scores per type too. ``--features-out F.parquet`` names the file of a spec's only
+scored type; any other path is a directory that gets ``<event_type>.parquet`` per
+type (:func:`output_paths`). Each file's schema metadata says its event type and
+spec hash. Features of each event are point-in-time correct by construction: they
+are computed from the record as it was when the event arrived, exactly as the
+worker computes them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import gc
 import logging
 import operator
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +28,10 @@ import pyarrow.parquet as pq
 
 from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec
-from entities.spec import load_spec_module
-from streams.sources import Block, NotSorted, Rejected, read_blocks
+from entities.spec import Spec, load_spec
+from models.dataset import schema_metadata
+from streams.adapters import AdapterRef, require_adapter, resolve_adapter
+from streams.sources import Block, NotSorted, Rejected, is_csv, read_blocks
 
 if TYPE_CHECKING:
     from models.artifact import Artifact
@@ -67,8 +73,86 @@ class ReplaySummary:
         )
 
 
+class OutputError(ValueError):
+    """An output path that does not fit the spec: the message says what to give instead."""
+
+
+def output_paths(spec: Spec, out: Path | None, option: str = "--features-out") -> dict[str, Path]:
+    """Event type -> output file: ``out`` itself if it ends in ``.parquet``, else ``out/<type>.parquet``.
+
+    A single ``.parquet`` file holds one type's rows, so it is refused for a spec
+    that scores several types.
+    """
+    if out is None:
+        return {}
+    types = spec.scored_types
+    if out.suffix == ".parquet":
+        if len(types) > 1:
+            raise OutputError(
+                f"{option} {out}: the spec scores {len(types)} event types {types}; give a directory "
+                "(it gets one <event_type>.parquet per type)"
+            )
+        return {types[0]: out}
+    return {t: out / f"{t}.parquet" for t in types}
+
+
 class _Output:
-    """Output rows gathered per batch and written to Parquet a row group at a time.
+    """Each scored type's output, fed from the batches: rows are grouped by ``event.type``."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        features_out: dict[str, Path],
+        models: dict[str, Artifact],
+        scores_out: dict[str, Path],
+    ) -> None:
+        spec_hash = spec.hash()
+        self.by_type = {
+            t: _TypeOutput(
+                spec.feature_names_of(t),
+                features_out.get(t),
+                models.get(t),
+                scores_out.get(t),
+                schema_metadata(t, spec_hash),
+            )
+            for t in spec.scored_types
+            if t in features_out or t in scores_out
+        }
+        self.single = spec.scored_types[0] if len(spec.scored_types) == 1 else None
+
+    def add(self, result: BatchResult) -> None:
+        """The scored events of one batch, each to its type's output."""
+        if not result.scored or not self.by_type:
+            return
+        if self.single is not None:
+            self.by_type[self.single].add(result.scored, result.rows, result.late)
+            return
+        groups: dict[str, list[int]] = {}
+        for k, event in enumerate(result.scored):
+            try:
+                groups[event.type].append(k)
+            except KeyError:
+                groups[event.type] = [k]
+        for event_type, at in groups.items():
+            out = self.by_type.get(event_type)
+            if out is not None:
+                out.add(
+                    [result.scored[k] for k in at], [result.rows[k] for k in at], [result.late[k] for k in at]
+                )
+
+    def close(self) -> None:
+        """Write the rest and give every file its final name."""
+        for out in self.by_type.values():
+            out.close()
+
+    def discard(self) -> None:
+        """Drop every partial file."""
+        for out in self.by_type.values():
+            out.discard()
+
+
+class _TypeOutput:
+    """One scored type's rows gathered per batch and written to Parquet a row group at a time.
 
     Each file is written under a temporary name and takes its final name only when
     complete, so a half-written Parquet never takes the final name; memory stays
@@ -81,6 +165,7 @@ class _Output:
         features_out: Path | None,
         artifact: Artifact | None,
         scores_out: Path | None,
+        metadata: dict[str, str],
     ) -> None:
         self.feature_names = feature_names
         self.artifact = artifact if scores_out is not None else None
@@ -89,7 +174,8 @@ class _Output:
         self.scores_out = scores_out if self.artifact is not None else None
         keys = [("event_id", pa.string()), ("entity_id", pa.string()), ("ts", TS_TYPE)]
         self.feature_schema = pa.schema(
-            [*keys, *((name, pa.float64()) for name in feature_names), ("label", pa.float64())]
+            [*keys, *((name, pa.float64()) for name in feature_names), ("label", pa.float64())],
+            metadata=metadata,
         )
         self.score_schema = pa.schema(
             [
@@ -99,7 +185,8 @@ class _Output:
                 ("late", pa.bool_()),
                 ("model", pa.string()),
                 ("model_version", pa.string()),
-            ]
+            ],
+            metadata=metadata,
         )
         for path, schema in ((self.features_out, self.feature_schema), (self.scores_out, self.score_schema)):
             if path is not None:
@@ -119,12 +206,11 @@ class _Output:
         self.features: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
 
-    def add(self, result: BatchResult) -> None:
-        """The scored events of one batch (flushed once a row group is full)."""
-        scored = result.scored
+    def add(self, scored: list[Event], rows: list[list[float]], late: list[bool]) -> None:
+        """This type's scored events of one batch (flushed once a row group is full)."""
         if not scored or not self.writers:
             return
-        matrix = feature_matrix(result.rows, len(self.feature_names))
+        matrix = feature_matrix(rows, len(self.feature_names))
         self.features.append(matrix)
         if self.artifact is not None:
             self.scores.append(self.artifact.predict(matrix))
@@ -132,7 +218,7 @@ class _Output:
         self.entity_id += map(_ENTITY_ID, scored)
         self.ts += map(_TS, scored)
         self.label += [NAN if label is None else label for label in map(_LABEL, scored)]
-        self.late += result.late
+        self.late += late
         self.rows += len(scored)
         if self.rows >= ROW_GROUP:
             self.flush()
@@ -189,26 +275,42 @@ def replay(
     input_path: Path,
     features_out: Path | None = None,
     limit: int | None = None,
-    model_dir: Path | None = None,
+    models: Path | Sequence[Path] = (),
     scores_out: Path | None = None,
     on_reject: Callable[[Rejected | tuple[Event, str]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    adapter: AdapterRef = None,
 ) -> ReplaySummary:
-    """Replay ``input_path`` and write Parquet; return the summary."""
-    module = load_spec_module(spec_path)
-    spec = module.spec
-    codec = EventCodec(spec)
-    artifact = None
-    if model_dir is not None:
-        from models.artifact import load  # LightGBM is heavy: only when scoring
+    """Replay ``input_path`` and write Parquet; return the summary.
 
-        artifact = load(model_dir, spec)
+    ``features_out`` and ``scores_out`` follow :func:`output_paths`; ``models`` are
+    artifact directories, one per scored type (scores need one for every type).
+    ``adapter`` maps CSV rows to events (a class or ``FILE.py[:NAME]``).
+    """
+    spec = load_spec(spec_path)
+    codec = EventCodec(spec)
+    features_paths = output_paths(spec, features_out, "--features-out")
+    scores_paths = output_paths(spec, scores_out, "--scores-out")
+    adapter_type = resolve_adapter(adapter)
+    if is_csv(input_path):
+        require_adapter(adapter_type, input_path)
+    artifacts: dict[str, Artifact] = {}
+    model_dirs = [models] if isinstance(models, Path | str) else list(models)
+    if model_dirs:
+        # LightGBM is heavy: only when scoring
+        from models.artifact import load_by_type, require_every_type
+
+        artifacts = load_by_type(model_dirs, spec)
+        if scores_paths:
+            require_every_type(artifacts, spec)
     started = time.perf_counter()
 
     def run(sort: bool) -> tuple[Engine, ReplaySummary]:
-        output = _Output(spec.feature_names, features_out, artifact, scores_out)
+        output = _Output(spec, features_paths, artifacts, scores_paths if artifacts else {})
         try:
-            engine, summary = _run(module, codec, input_path, limit, output, on_reject, on_progress, sort)
+            engine, summary = _run(
+                spec, codec, input_path, adapter_type, limit, output, on_reject, on_progress, sort
+            )
             output.close()
         except BaseException:
             output.discard()
@@ -246,18 +348,19 @@ def _gc_tuned() -> Iterator[None]:
 
 
 def _run(
-    module: Any,
+    spec: Spec,
     codec: EventCodec,
     input_path: Path,
+    adapter: type | None,
     limit: int | None,
     output: _Output,
     on_reject: Callable[[Any], None] | None,
     on_progress: Callable[[int], None] | None,
     sort: bool,
 ) -> tuple[Engine, ReplaySummary]:
-    engine = Engine(module.spec)
+    engine = Engine(spec)
     summary = ReplaySummary()
-    for batch in _batches(read_blocks(input_path, codec, module, limit, sort=sort), summary, on_reject):
+    for batch in _batches(read_blocks(input_path, codec, adapter, limit, sort=sort), summary, on_reject):
         result = engine.process(batch)
         summary.events += len(batch)
         summary.scored += len(result.scored)

@@ -4,23 +4,19 @@ Arrival order is file order sorted stably by ts. Files are read as a stream; if 
 file turns out not to be sorted, reading restarts in sorted mode (whole file in
 memory), so sorted files - the usual case - cost one pass and bounded memory.
 
-Supported: a CSV(.gz) with a ``csv_mapping`` declared by the spec module, or a
-JSON-lines(.gz) file of wire events. Bad rows come out as :class:`Rejected`.
-
-A ``csv_mapping`` is built with the EventCodec and has ``columns``, ``ts_column``,
-``ts_format`` and ``events(cols, i, ts)``: the events of row ``i`` of a batch of
-columns (Python lists). It may also have ``map_rows(cols, ts, out, reject)``, the
-same for a whole batch at once (used when every row has a ts), which must give
-exactly what ``events`` row by row gives.
+Supported: a CSV(.gz) read through an input adapter (see :mod:`streams.adapters`),
+or a JSON-lines(.gz) file of wire events, which needs none. Bad rows come out as
+:class:`Rejected`.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from entities.events import Event, EventCodec, EventError
+from entities.spec import Spec
+from streams.adapters import AdapterRef, raw_columns, require_adapter, resolve_adapter
 
 BLOCK_BYTES = 1 << 20  # ~4,000 Sparkov rows: Python columns of one block stay small
 JSONL_BLOCK = 4096  # events per block of a JSON-lines file
@@ -53,17 +51,17 @@ def is_csv(path: Path) -> bool:
 def read_events(
     path: Path,
     codec: EventCodec,
-    spec_module: ModuleType,
+    adapter: AdapterRef = None,
     limit: int | None = None,
     sort: bool = False,
 ) -> Iterator[Event | Rejected]:
     """Events of a file in arrival order, with rejected rows in between.
 
-    With ``sort=False`` raises NotSorted on the first out-of-order ts: the caller
-    discards partial work and reads again with ``sort=True``.
+    ``adapter`` maps CSV rows to events (a class or ``FILE.py[:NAME]``); JSON lines
+    need none. With ``sort=False`` raises NotSorted on the first out-of-order ts: the
+    caller discards partial work and reads again with ``sort=True``.
     """
-    for block in read_blocks(path, codec, spec_module, limit, sort):
-        yield from block.items
+    return chain.from_iterable(block.items for block in read_blocks(path, codec, adapter, limit, sort))
 
 
 @dataclass
@@ -77,17 +75,19 @@ class Block:
 def read_blocks(
     path: Path,
     codec: EventCodec,
-    spec_module: ModuleType,
+    adapter: AdapterRef = None,
     limit: int | None = None,
     sort: bool = False,
 ) -> Iterator[Block]:
     """:func:`read_events` a block at a time (thousands of events): replay's loop.
 
     Handing over lists instead of single events keeps a generator step per event
-    out of the hot path.
+    out of the hot path. A CSV without an adapter raises AdapterError here, not
+    once reading starts.
     """
-    reader = _csv_blocks if is_csv(path) else _jsonl_blocks
-    yield from reader(path, codec, spec_module, limit, sort)
+    if is_csv(path):
+        return _csv_blocks(path, codec, require_adapter(resolve_adapter(adapter), path), limit, sort)
+    return _jsonl_blocks(path, codec, limit, sort)
 
 
 # --- CSV -------------------------------------------------------------------------------
@@ -110,12 +110,9 @@ class _BlockBuilder(Block):
 
 
 def _csv_blocks(
-    path: Path, codec: EventCodec, spec_module: ModuleType, limit: int | None, sort: bool
+    path: Path, codec: EventCodec, adapter: type, limit: int | None, sort: bool
 ) -> Iterator[Block]:
-    mapping_type = getattr(spec_module, "csv_mapping", None)
-    if mapping_type is None:
-        raise ValueError(f"{path}: CSV input needs `csv_mapping` in the spec module")
-    mapping = mapping_type(codec)
+    mapping = adapter(codec)
     # Optional batch form of ``mapping.events``, for rows that all have a ts.
     map_rows = getattr(mapping, "map_rows", None)
     invalid: list[Event | Rejected] = []
@@ -203,9 +200,7 @@ def _check_sorted(ts: pa.Array, newest: int | None) -> int | None:
 # --- JSON lines ----------------------------------------------------------------------------
 
 
-def _jsonl_blocks(
-    path: Path, codec: EventCodec, spec_module: ModuleType, limit: int | None, sort: bool
-) -> Iterator[Block]:
+def _jsonl_blocks(path: Path, codec: EventCodec, limit: int | None, sort: bool) -> Iterator[Block]:
     opener = gzip.open if path.suffix == ".gz" else open
     decoded: list[tuple[int, Event | Rejected]] = []
     newest: int | None = None
@@ -242,3 +237,94 @@ def _jsonl_blocks(
             yield Block(part, sum(isinstance(e, Rejected) for e in part))
     elif block.items:
         yield block
+
+
+# --- columns to slice by (backtest --slice-by) -------------------------------------------
+
+
+class SourceError(ValueError):
+    """A slice column the source file cannot give: the message names the ones it can."""
+
+
+MISSING_VALUE = "(none)"
+
+
+def slice_columns(
+    path: Path, spec: Spec, columns: list[str], adapter: AdapterRef = None
+) -> dict[str, list[str]]:
+    """``event_id`` and each of ``columns`` for every event of a source file, as text.
+
+    CSV: ``columns`` are raw columns the adapter reads, and every event a row makes
+    gets that row's values. JSON lines: ``type``, ``entity_id`` or ``attrs.<field>``
+    of each wire event (``(none)`` where an event lacks the field). Rows that make
+    no valid event are left out; the caller joins by event id.
+    """
+    if is_csv(path):
+        return _csv_columns(path, EventCodec(spec), require_adapter(resolve_adapter(adapter), path), columns)
+    return _jsonl_columns(path, spec, columns)
+
+
+def _csv_columns(path: Path, codec: EventCodec, adapter: type, columns: list[str]) -> dict[str, list[str]]:
+    readable = raw_columns(adapter)
+    unknown = [c for c in columns if c not in readable]
+    if unknown:
+        raise SourceError(f"{path}: the adapter does not read {unknown}; columns it reads: {readable}")
+    mapping = adapter(codec)
+    out: dict[str, list[str]] = {"event_id": [], **{c: [] for c in columns}}
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=readable, column_types=dict.fromkeys(readable, pa.string())
+        ),
+    )
+    for batch in reader:
+        ts_list = _parse_ts(batch.column(mapping.ts_column), mapping.ts_format).to_pylist()
+        cols = {c: batch.column(c).to_pylist() for c in mapping.columns}
+        wanted = [(out[c], batch.column(c).to_pylist()) for c in columns]
+        for i, ts in enumerate(ts_list):
+            if ts is None:
+                continue
+            try:
+                events = mapping.events(cols, i, ts)
+            except EventError:
+                continue
+            for event in events:
+                out["event_id"].append(event.event_id)
+                for values, column in wanted:
+                    values.append(MISSING_VALUE if column[i] is None else column[i])
+    return out
+
+
+def _jsonl_columns(path: Path, spec: Spec, columns: list[str]) -> dict[str, list[str]]:
+    parts: list[Any] = [spec.fixed, *spec.repeated.values()]
+    fields = {f for part in parts for f in part.fields}
+    unknown = [
+        c
+        for c in columns
+        if c not in ("type", "entity_id") and not (c.startswith("attrs.") and c[len("attrs.") :] in fields)
+    ]
+    if unknown:
+        raise SourceError(
+            f"{path}: cannot slice JSON lines by {unknown}: use type, entity_id or attrs.<field> "
+            f"with a field of the spec's events ({sorted(fields)})"
+        )
+    out: dict[str, list[str]] = {"event_id": [], **{c: [] for c in columns}}
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
+                continue
+            out["event_id"].append(event["event_id"])
+            attrs = event.get("attrs")
+            if not isinstance(attrs, dict):
+                attrs = {}
+            for c in columns:
+                value = attrs.get(c[len("attrs.") :]) if c.startswith("attrs.") else event.get(c)
+                out[c].append(MISSING_VALUE if value is None else str(value))
+    return out

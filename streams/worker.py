@@ -3,8 +3,9 @@
 Per poll (up to ``max_batch`` messages over all assigned partitions): decode every
 message with msgspec, load the records the poll touches (one multi-get per
 partition), run ``Engine.process`` (the same call as replay), one LightGBM predict
-for the whole poll, and send the scores and dead letters as producer batches. No
-per-event await, no per-event RocksDB write, no per-event changelog message.
+per scored event type for the whole poll (each type has its own model), and send
+the scores and dead letters as producer batches. No per-event await, no per-event
+RocksDB write, no per-event changelog message.
 
 Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoints:
 it notes the records changed since the last checkpoint and encodes them a little per
@@ -33,7 +34,7 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ class _Partition:
     changelog_next: int = 0
     dirty: set[str] = field(default_factory=set)
     reseeked: int | None = None
-    last: dict[str, tuple[float, str, list[float]]] = field(default_factory=dict)
+    # entity_id -> event type -> (score, event_id, feature row) of its last score of that type
+    last: dict[str, dict[str, tuple[float, str, list[float]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,16 +184,24 @@ class BatchWorker:
     """Consumes events, maintains records, scores, produces; one instance per process."""
 
     def __init__(
-        self, cfg: WorkerConfig, spec: Spec, scorer: Scorer, metrics: WorkerMetrics | None = None
+        self,
+        cfg: WorkerConfig,
+        spec: Spec,
+        scorers: Scorer | Mapping[str, Scorer],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """``scorers``: one Scorer per scored event type (a single Scorer for a single-type spec)."""
         self.cfg = cfg
         self.spec = spec
-        self.scorer = scorer
+        if isinstance(scorers, Scorer):
+            scorers = {t: scorers for t in spec.scored_types}
+        self.scorers: dict[str, Scorer] = dict(scorers or {})
         self.metrics = metrics or WorkerMetrics()
         self.codec = EventCodec(spec, max_event_bytes=cfg.max_event_bytes)
         self.spec_hash = spec.hash()
-        self.feature_names = spec.feature_names
-        self._features = msg.features_struct(spec.feature_names)
+        self.feature_names = {t: spec.feature_names_of(t) for t in spec.scored_types}
+        self._features = {t: msg.features_struct(names) for t, names in self.feature_names.items()}
+        self._single_type = spec.scored_types[0] if len(spec.scored_types) == 1 else None
         self.parts: dict[int, _Partition] = {}
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
@@ -450,26 +460,52 @@ class BatchWorker:
     def _scores(
         self, scored: list[tuple[_Partition, Event, Any, bool]], rows: list[list[float]]
     ) -> list[Message]:
+        """Score messages in the order of ``scored``: one predict per event type, by its model."""
         if not scored:
             return []
-        result = self.scorer.score(feature_matrix(rows, len(self.feature_names)))
+        if self._single_type is not None:
+            by_type: dict[str, list[int]] = {self._single_type: list(range(len(scored)))}
+        else:
+            by_type = {}
+            for k, (_, ev, _, _) in enumerate(scored):
+                try:
+                    by_type[ev.type].append(k)
+                except KeyError:
+                    by_type[ev.type] = [k]
+        out: list[Message] = [None] * len(scored)  # type: ignore[list-item]  # all set below
+        for event_type, at in by_type.items():
+            if len(at) == len(scored):  # one type in this poll: no copies
+                self._score_type(event_type, at, scored, rows, out)
+            else:
+                self._score_type(event_type, at, [scored[k] for k in at], [rows[k] for k in at], out)
+        return out
+
+    def _score_type(
+        self,
+        event_type: str,
+        at: list[int],
+        scored: list[tuple[_Partition, Event, Any, bool]],
+        rows: list[list[float]],
+        out: list[Message],
+    ) -> None:
+        """The messages of one event type's scored events, placed at positions ``at`` of ``out``."""
+        result = self.scorers[event_type].score(feature_matrix(rows, len(self.feature_names[event_type])))
         now_ms = int(time.time() * 1000)
-        features = self._features if self.cfg.include_features else None
+        features = self._features[event_type] if self.cfg.include_features else None
         extras = result.has_extra
         encode = msg.score_encoder.encode
         score_message, source = msg.ScoreMessage, msg.Source
         model, version, spec_hash = result.model, result.version, self.spec_hash
         n_parts = self.cfg.partitions
-        out: list[Message] = []
-        append = out.append
         # Positional arguments, no per-event attribute chains: this loop runs per event.
-        for i, ((part, ev, rec, late), row, score) in enumerate(
-            zip(scored, rows, result.scores.tolist(), strict=True)
+        for i, (k, (part, ev, rec, late), row, score) in enumerate(
+            zip(at, scored, rows, result.scores.tolist(), strict=True)
         ):
             tp = part.tp
             message = score_message(
                 ev.event_id,
                 ev.entity_id,
+                event_type,
                 ev.ts,
                 now_ms,
                 model,
@@ -481,10 +517,13 @@ class BatchWorker:
                 None if features is None else features(*row),  # type: ignore[arg-type]  # same JSON
                 **(result.extra(i) if extras else {}),
             )
-            part.last[ev.entity_id] = (score, ev.event_id, row)
+            last = (score, ev.event_id, row)
+            try:
+                part.last[ev.entity_id][event_type] = last
+            except KeyError:
+                part.last[ev.entity_id] = {event_type: last}
             p = tp.partition if self.co_partitioned else partition_for(rec.key, n_parts)
-            append((rec.key, encode(message), [], p))
-        return out
+            out[k] = (rec.key, encode(message), [], p)
 
     def _dead_letter(self, part: _Partition, rec: Any, reason: str) -> Message:
         self.metrics.dlq.labels(reason=reason.split(":")[0][:60]).inc()
@@ -650,7 +689,7 @@ class BatchWorker:
             if data is None:
                 return None
             record = part.engine.codec.decode(data)
-        last = part.last.get(entity_id)
+        last = part.last.get(entity_id, {})
         return {
             "entity_id": entity_id,
             "partition": p,
@@ -658,8 +697,9 @@ class BatchWorker:
             "repeated_sizes": record.sizes(),
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
             "duplicates": record.duplicates,
-            "features": None if last is None else dict(zip(self.feature_names, last[2], strict=True)),
-            "last_score": None if last is None else {"score": last[0], "event_id": last[1]},
+            # Per scored event type: the features and score of the entity's last event of that type.
+            "features": {t: dict(zip(self.feature_names[t], v[2], strict=True)) for t, v in last.items()},
+            "last_score": {t: {"score": v[0], "event_id": v[1]} for t, v in last.items()},
         }
 
 

@@ -22,7 +22,7 @@ import pytest
 
 # Make the helpers in tests/ importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from streaming import SAMPLE, SPEC
+from streaming import ADAPTER, SAMPLE, SPEC
 
 from entities.spec import Spec, load_spec
 from streams.local_kafka import KafkaBroker
@@ -55,5 +55,5 @@ def spec() -> Spec:
 def sample_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Feature rows of the committed sample (``supernova replay``), for tests that train models."""
     path = tmp_path_factory.mktemp("sample-replay") / "features.parquet"
-    replay(SPEC, SAMPLE, features_out=path)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=path)
     return path

@@ -23,26 +23,29 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from entities.spec import Spec
 from models.artifact import Manifest, save
+from models.dataset import features_event_type
 from streams.local_kafka import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
+ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"  # Sparkov CSV rows -> events
 
 
 def train_small_model(spec: Spec, features: Path, out: Path, trees: int = 30, version: str = "v1") -> Path:
     """A real LightGBM model on replayed features (small: tests need a model, not a good one)."""
+    event_type = features_event_type(features, spec)
+    names = spec.feature_names_of(event_type)
     table = pq.read_table(features).to_pandas()
-    data = lgb.Dataset(
-        table[spec.feature_names].to_numpy(), table["label"].to_numpy(), feature_name=spec.feature_names
-    )
+    data = lgb.Dataset(table[names].to_numpy(), table["label"].to_numpy(), feature_name=names)
     params = {"objective": "binary", "verbose": -1, "num_threads": 1, "seed": 7, "deterministic": True}
     booster = lgb.train(params, data, num_boost_round=trees)
     manifest = Manifest(
-        name="fraud",
+        name=spec.name,
         version=version,
-        feature_names=spec.feature_names,
+        feature_names=names,
         spec_hash=spec.hash(),
+        event_type=event_type,
         lightgbm_version=lgb.__version__,
         created_at=dt.datetime.now(dt.UTC).isoformat(),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from streaming import SPEC, WorkerProcess, metric, read_topic, train_small_model
+from streaming import ADAPTER, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import Event
@@ -42,14 +42,14 @@ PARTITIONS = 4
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real model (the faults are about delivery, not accuracy)."""
     d = tmp_path_factory.mktemp("model")
-    replay(SPEC, SAMPLE, features_out=d / "f.parquet", limit=5_000)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=d / "f.parquet", limit=5_000)
     return train_small_model(load_spec(SPEC), d / "f.parquet", d / "model", trees=10)
 
 
 @pytest.fixture(scope="module")
 def events() -> tuple[list[Event], dict[str, tuple]]:
     """The input events and, per card, replay's final record (encoded, for exact comparison)."""
-    _, it = file_events(SPEC, INPUT, N_ROWS)
+    _, it = file_events(SPEC, INPUT, N_ROWS, adapter=ADAPTER)
     evs = [e for e in it if isinstance(e, Event)]
     engine = Engine(load_spec(SPEC))
     engine.process(evs)
@@ -57,7 +57,7 @@ def events() -> tuple[list[Event], dict[str, tuple]]:
 
 
 def _publish(bootstrap: str, topic: str, evs: list[Event], rate: float | None = None) -> None:
-    codec, _ = file_events(SPEC, SAMPLE, 1)
+    codec, _ = file_events(SPEC, SAMPLE, 1, adapter=ADAPTER)
     asyncio.run(produce(bootstrap, topic, codec, iter(evs), rate=rate, partitions=PARTITIONS))
 
 

@@ -72,6 +72,8 @@ def test_replay_matches_reference(tmp_path: Path) -> None:
         "examples/fraud/spec.py",
         "--input",
         str(csv),
+        "--adapter",
+        "examples/fraud/sparkov.py",
         "--limit",
         str(N_ROWS),
         "--features-out",

@@ -35,7 +35,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import MAX_EVENT_BYTES, MAX_TS_MS, MIN_TS_MS, Event
@@ -547,7 +547,7 @@ def _same_features(got: dict[str, float | None], want: list[float], names: list[
 def test_malformed_input_fuzz(kafka_broker, tmp_path: Path) -> None:
     started = time.monotonic()
     spec = load_spec(SPEC)
-    codec, items = file_events(SPEC, SAMPLE, GOOD_ROWS)
+    codec, items = file_events(SPEC, SAMPLE, GOOD_ROWS, adapter=ADAPTER)
     good = [e for e in items if isinstance(e, Event)]
     templates = []
     for i, e in enumerate(good):
@@ -576,7 +576,7 @@ def test_malformed_input_fuzz(kafka_broker, tmp_path: Path) -> None:
             t = templates[i]
             stream.append((t.key, t.value, partition_for(t.key, PARTITIONS)))
 
-    replay(SPEC, SAMPLE, features_out=tmp_path / "f.parquet", limit=2_000)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=tmp_path / "f.parquet", limit=2_000)
     model = train_small_model(spec, tmp_path / "f.parquet", tmp_path / "model", trees=5)
     worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", partitions=PARTITIONS)
     topics = worker.topics

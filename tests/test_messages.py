@@ -17,9 +17,9 @@ def test_features_struct_encodes_like_the_dict(row: list[float]) -> None:
     features = msg.features_struct(NAMES)
     source = msg.Source("events", 3, 42)
     plain = msg.ScoreMessage(
-        "e", "c", 1, 2, "m", "v", "h", 0.5, source, features=dict(zip(NAMES, row, strict=True))
+        "e", "c", "t", 1, 2, "m", "v", "h", 0.5, source, features=dict(zip(NAMES, row, strict=True))
     )
-    fast = msg.ScoreMessage("e", "c", 1, 2, "m", "v", "h", 0.5, source, False, features(*row))  # type: ignore[arg-type]
+    fast = msg.ScoreMessage("e", "c", "t", 1, 2, "m", "v", "h", 0.5, source, False, features(*row))  # type: ignore[arg-type]
     encoded = msg.score_encoder.encode(fast)
     assert encoded == msg.score_encoder.encode(plain)
     decoded = msg.score_decoder.decode(encoded).features

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn import metrics as sk
 
 from entities.spec import Spec, hours
 from models.artifact import ArtifactError, load
-from models.backtest import backtest
+from models.backtest import Slices, backtest
 from models.dataset import read_features
-from models.train import TrainError, to_epoch_ms, train
+from models.train import TrainError, default_name, to_epoch_ms, train
+from streams.cli_models import add_model_commands
+from streams.produce import file_events
+from streams.sources import Rejected, slice_columns
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PATH = REPO / "examples" / "fraud" / "spec.py"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
+ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"
 ROUNDS = 30
 
 
@@ -89,7 +97,9 @@ def test_model_of_another_spec_is_refused_with_the_reason(spec: Spec, model_dir:
 def test_backtest_metrics_equal_sklearn(
     spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path
 ) -> None:
-    result = backtest(model_dir, sample_features, tmp_path, model_dir, spec=spec, source_csv=SAMPLE)
+    columns = slice_columns(SAMPLE, spec, ["category"], ADAPTER)
+    slices = Slices(str(SAMPLE), columns.pop("event_id"), columns)
+    result = backtest(model_dir, sample_features, tmp_path, model_dir, spec=spec, slices=slices)
     written = json.loads((tmp_path / "metrics.json").read_text())
     data = read_features(sample_features, spec).labelled()
     scores = load(model_dir, spec).predict(data.features)
@@ -114,5 +124,93 @@ def test_report_is_one_self_contained_page(
     page = (tmp_path / "report.html").read_text()
     assert page.count("src='data:image/png;base64,") >= 5
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert "pass --source-csv" in page  # slices skipped, and the page says so
+    assert "pass --slice-by COL" in page  # no slices, and the page says how to get them
     assert (tmp_path / "scores.parquet").exists()
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_model_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+def _backtest_argv(model_dir: Path, features: Path, out: Path) -> list[str]:
+    return [
+        "backtest",
+        "--spec",
+        str(SPEC_PATH),
+        "--model",
+        str(model_dir),
+        "--features",
+        str(features),
+        "--out",
+        str(out),
+    ]
+
+
+def test_train_names_the_model_after_the_spec(spec: Spec, sample_features: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert _cli("train", "--spec", str(SPEC_PATH), "--features", str(sample_features), "--out", str(out)) == 0
+    manifest = load(out, spec).manifest
+    assert manifest.name == spec.name == "fraud" and manifest.event_type == "transaction"
+    # With several scored types the name says which model it is.
+    two = SimpleNamespace(name="shop", scored_types=["order", "login"])
+    assert default_name(two, "login") == "shop-login"  # type: ignore[arg-type]
+    assert default_name(spec, "transaction") == "fraud"
+
+
+def test_backtest_slices_by_source_columns_equal_a_pandas_groupby(
+    spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bt"
+    argv = [
+        *_backtest_argv(model_dir, sample_features, out),
+        "--source",
+        str(SAMPLE),
+        "--adapter",
+        str(ADAPTER),
+    ]
+    assert _cli(*argv, "--slice-by", "category", "--slice-by", "state") == 0
+    written = json.loads((out / "metrics.json").read_text())["models"]["champion"]["slices"]
+    assert set(written) == {"category", "state"}
+
+    # Independently: the source CSV joined to the written scores by trans_num, grouped by pandas.
+    source = pd.read_csv(SAMPLE, usecols=["trans_num", "category", "state"], dtype=str)
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    joined = scores.merge(source, left_on="event_id", right_on="trans_num", how="left", validate="one_to_one")
+    assert joined["category"].notna().all()
+    for col in ("category", "state"):
+        got = {r["value"]: r for r in written[col]}
+        groups = joined.groupby(col)
+        assert set(got) == set(groups.groups)
+        for value, rows in groups:
+            assert got[value]["rows"] == len(rows)
+            assert got[value]["positives"] == int(rows["label"].sum())
+            if 0 < rows["label"].sum() < len(rows):
+                want = sk.roc_auc_score(rows["label"], rows["score_champion"])
+                assert got[value]["roc_auc"] == pytest.approx(want, abs=1e-12)
+
+    # The same slices from JSON lines of the same events: attrs.<field> and type.
+    codec, items = file_events(SPEC_PATH, SAMPLE, None, adapter=ADAPTER)
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"\n".join(codec.encode(e) for e in items if not isinstance(e, Rejected)))
+    columns = slice_columns(jsonl, spec, ["attrs.category", "type"])
+    by_id = dict(zip(columns["event_id"], columns["attrs.category"], strict=True))
+    assert [by_id[e] for e in joined["event_id"]] == joined["category"].tolist()
+    assert {t for e, t in zip(columns["event_id"], columns["type"], strict=True) if e in by_id} >= {
+        "transaction"
+    }
+
+
+def test_backtest_slice_mistakes_are_one_line_errors(
+    model_dir: Path, sample_features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _backtest_argv(model_dir, sample_features, tmp_path / "bt")
+    assert _cli(*argv, "--slice-by", "nope", "--source", str(SAMPLE), "--adapter", str(ADAPTER)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the adapter does not read ['nope']" in err and "category" in err
+    assert _cli(*argv, "--slice-by", "category", "--source", str(SAMPLE)) == 2  # a CSV needs its adapter
+    assert "--adapter" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--slice-by needs --source"):
+        _cli(*argv, "--slice-by", "category")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from streaming import SAMPLE, SPEC, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, train_small_model
 
 from entities.spec import load_spec
 from models.artifact import load
@@ -16,7 +16,7 @@ from streams.replay import replay
 
 def test_shadow_scores_and_explanations(tmp_path: Path) -> None:
     spec = load_spec(SPEC)
-    replay(SPEC, SAMPLE, features_out=tmp_path / "f.parquet", limit=4_000)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=tmp_path / "f.parquet", limit=4_000)
     features = tmp_path / "f.parquet"
     champion = load(train_small_model(spec, features, tmp_path / "a", trees=8, version="a"), spec)
     challenger = load(train_small_model(spec, features, tmp_path / "b", trees=20, version="b"), spec)

@@ -26,6 +26,7 @@ from streams.worker import BatchWorker, WorkerConfig, _Partition
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"
+ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 
 
@@ -39,10 +40,10 @@ def _poll(worker: BatchWorker, part: _Partition, events: list[Event], first_offs
 
 def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> None:
     spec = load_spec(SPEC)
-    _, items = file_events(SPEC, SAMPLE, 6_000)
+    _, items = file_events(SPEC, SAMPLE, 6_000, adapter=ADAPTER)
     events = [e for e in islice(items, 6_000) if isinstance(e, Event)]
     before, after = events[:4_000], events[4_000:]
-    worker = BatchWorker(WorkerConfig(data_dir=tmp_path), spec, scorer=None)  # type: ignore[arg-type]
+    worker = BatchWorker(WorkerConfig(data_dir=tmp_path), spec, scorers={})
     part = _Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "p0"), Engine(spec))
     worker.parts[0] = part
     _poll(worker, part, before, 0)
@@ -60,7 +61,7 @@ def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> No
 
     # An independent partition that stopped at the boundary.
     reference = _Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "ref"), Engine(spec))
-    _poll(BatchWorker(WorkerConfig(), spec, scorer=None), reference, before, 0)  # type: ignore[arg-type]
+    _poll(BatchWorker(WorkerConfig(), spec, scorers={}), reference, before, 0)
     want = {eid: reference.engine.codec.encode(rec) for eid, rec in reference.engine.records.items()}
     got = dict(checkpoint.spans[0].changed)
     assert got.keys() == want.keys()

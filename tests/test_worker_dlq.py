@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaProducer
-from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.events import Event
 from entities.spec import load_spec
@@ -46,10 +46,10 @@ def _bad_events() -> list[tuple[bytes | None, bytes | None, str]]:
 
 def test_malformed_events_land_in_dlq_and_good_ones_are_scored(kafka_broker, tmp_path: Path) -> None:
     spec = load_spec(SPEC)
-    replay(SPEC, SAMPLE, features_out=tmp_path / "f.parquet", limit=2_000)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=tmp_path / "f.parquet", limit=2_000)
     model = train_small_model(spec, tmp_path / "f.parquet", tmp_path / "model", trees=5)
     worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", partitions=2)
-    codec, events = file_events(SPEC, SAMPLE, 300)
+    codec, events = file_events(SPEC, SAMPLE, 300, adapter=ADAPTER)
     good = [e for e in events if isinstance(e, Event)]
     bad = _bad_events()
     t = worker.topics

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from streaming import SAMPLE, SPEC, WorkerProcess, chunks, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, chunks, read_topic, train_small_model
 
 from entities.events import Event
 from entities.spec import load_spec
@@ -33,14 +33,15 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Replay of the sample: features, a model trained on them, replay's scores."""
     d = tmp_path_factory.mktemp("replay")
     spec = load_spec(SPEC)
-    replay(SPEC, SAMPLE, features_out=d / "features.parquet", limit=N_ROWS)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=d / "features.parquet", limit=N_ROWS)
     model = train_small_model(spec, d / "features.parquet", d / "model")
     replay(
         SPEC,
         SAMPLE,
+        adapter=ADAPTER,
         features_out=d / "f2.parquet",
         limit=N_ROWS,
-        model_dir=model,
+        models=[model],
         scores_out=d / "scores.parquet",
     )
     return {"features": d / "f2.parquet", "scores": d / "scores.parquet", "model": model}
@@ -51,7 +52,7 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
 ) -> None:
     data_dir = tmp_path / "data"
     worker = WorkerProcess(kafka_broker.bootstrap, replayed["model"], data_dir)
-    codec, items = file_events(SPEC, SAMPLE, N_ROWS)
+    codec, items = file_events(SPEC, SAMPLE, N_ROWS, adapter=ADAPTER)
     events = (e for e in items if isinstance(e, Event))
     first, second = chunks(events, 10_000), list(events)
     t = worker.topics
@@ -108,7 +109,9 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
     last = feats[feats["entity_id"] == entity].iloc[-1]
     assert view["entity_id"] == entity
     assert view["lifetime_count"]["transactions"] == last["txn_count_lifetime"]
-    assert view["features"]["amt_sum_24h"] == pytest.approx(last["amt_sum_24h"], abs=1e-12)
+    assert view["features"]["transaction"]["amt_sum_24h"] == pytest.approx(last["amt_sum_24h"], abs=1e-12)
+    assert view["last_score"]["transaction"]["event_id"] == last.name
+    assert all(s.event_type == "transaction" for s in scores)
     assert isinstance(metrics, str) and "supernova_scores_out_total" in metrics
     restored = next(
         line for line in metrics.splitlines() if line.startswith("supernova_records_restored_total")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from streaming import SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
 from entities.engine import Engine
 from entities.events import Event, EventCodec
@@ -53,7 +53,7 @@ AFTER = f"{CARD}-after"  # real time again, after all of the above
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real model (lateness is about the features, not the model)."""
     d = tmp_path_factory.mktemp("model")
-    replay(SPEC, SAMPLE, features_out=d / "f.parquet", limit=2_000)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=d / "f.parquet", limit=2_000)
     return train_small_model(load_spec(SPEC), d / "f.parquet", d / "model", trees=5)
 
 

@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from streaming import SAMPLE, SPEC, WorkerProcess, chunks, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, chunks, read_topic, train_small_model
 
 from entities.spec import load_spec
 from models.artifact import load
@@ -28,7 +28,7 @@ def test_promotion_switches_model_between_events_and_shadow_scores_match(
 ) -> None:
     spec = load_spec(SPEC)
     features = tmp_path / "features.parquet"
-    replay(SPEC, SAMPLE, features_out=features, limit=N_ROWS)
+    replay(SPEC, SAMPLE, adapter=ADAPTER, features_out=features, limit=N_ROWS)
     reg = Registry(tmp_path / "registry")
     v1 = reg.register(train_small_model(spec, features, tmp_path / "m1", trees=5, version="v1"))
     v2 = reg.register(train_small_model(spec, features, tmp_path / "m2", trees=12, version="v2"))
@@ -37,7 +37,7 @@ def test_promotion_switches_model_between_events_and_shadow_scores_match(
 
     worker = WorkerProcess(kafka_broker.bootstrap, None, tmp_path / "data", partitions=2)
     worker.extra = ["--registry", str(reg.root)]
-    codec, events = file_events(SPEC, SAMPLE, N_ROWS)
+    codec, events = file_events(SPEC, SAMPLE, N_ROWS, adapter=ADAPTER)
     events = iter(events)
     first, second = chunks(events, 3_000), list(events)
     n_first = sum(e.type == "transaction" for e in first)
@@ -49,12 +49,15 @@ def test_promotion_switches_model_between_events_and_shadow_scores_match(
 
     worker.start()
     try:
-        assert worker.get("/health")["shadow"] == "fraud v2"
+        assert worker.get("/health")["models"]["transaction"]["shadow"] == "fraud v2"
         publish(first)
         read_topic(kafka_broker.bootstrap, worker.topics["scores"], expect=n_first, timeout=60)
         reg.promote(v2.key)  # champion := v2, challenger cleared
         deadline = time.monotonic() + 30
-        while worker.get("/health")["model"] != "fraud v2" and time.monotonic() < deadline:
+        while (
+            worker.get("/health")["models"]["transaction"]["model"] != "fraud v2"
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         publish(second)
         messages = read_topic(kafka_broker.bootstrap, worker.topics["scores"], expect=N_ROWS, timeout=90)

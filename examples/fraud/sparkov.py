@@ -118,3 +118,7 @@ def _label(value: Any) -> float:
     if value in ("0", "1", 0, 1):
         return float(value)
     raise EventError("is_fraud", f"label must be 0 or 1, got {value!r}")
+
+
+# What `--adapter examples/fraud/sparkov.py` (no :NAME) uses.
+adapter = SparkovMapping

@@ -12,7 +12,6 @@ import math
 from typing import Annotated, Any
 
 from msgspec import Meta
-from sparkov import SparkovMapping
 
 from entities.events import Event
 from entities.spec import (
@@ -141,6 +140,3 @@ spec = Spec(
         Derived("dist_km_home_merchant", dist_km_home_merchant),
     ],
 )
-
-# How a Sparkov CSV row becomes events (used by replay and `supernova produce`).
-csv_mapping = SparkovMapping
