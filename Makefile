@@ -7,6 +7,7 @@ INPUT   ?= $(if $(wildcard $(DATA)/fraudTest.csv.gz),$(DATA)/fraudTest.csv.gz,ex
 SPEC    := examples/fraud/spec.py
 ADAPTER := examples/fraud/sparkov.py
 OUT     ?= out
+EXAMPLE ?= fraud
 
 .PHONY: venv test test-fast test-kafka demo replay lint fmt bench bench-replay bench-smoke kafka-up kafka-down clean
 
@@ -29,8 +30,9 @@ test-fast: $(STAMP)
 test-kafka: $(STAMP)
 	$(PY) -m pytest -q -m kafka
 
+# EXAMPLE=shop: generated signups, logins and orders, two scored types.
 demo: $(STAMP)
-	$(PY) scripts/demo.py --input $(INPUT)
+	$(PY) scripts/demo.py --example $(EXAMPLE) $(if $(filter fraud,$(EXAMPLE)),--input $(INPUT))
 
 replay: $(STAMP)
 	$(VENV)/bin/supernova replay --spec $(SPEC) --input $(INPUT) --adapter $(ADAPTER) --features-out $(OUT)/features.parquet
