@@ -134,7 +134,7 @@ def _csv_blocks(
     if sort:
         table = pa.Table.from_batches(list(batches), schema=reader.schema)
         ts = _parse_ts(table.column(mapping.ts_column), mapping.ts_format)
-        order = pc.sort_indices(pa.table({"ts": ts}), [("ts", "ascending")], null_placement="at_start")
+        order = pc.sort_indices(pa.table({"ts": ts}), sort_keys=[("ts", "ascending", "at_start")])
         row_numbers = pa.array(range(1, table.num_rows + 1)).take(order).to_pylist()
         batches = iter(table.take(order).to_batches())
     else:
