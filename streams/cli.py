@@ -27,6 +27,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("replay", help="replay a recorded file through the core into Parquet")
     p.add_argument("--spec", required=True, type=Path, help="feature spec module")
     p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz)")
+    p.add_argument(
+        "--warmup",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="history that comes first (merged by ts): updates records, no output rows (repeatable)",
+    )
     p.add_argument("--limit", type=int, help="read only the first N input rows")
     p.add_argument("--features-out", type=Path, help="Parquet of feature rows")
     p.add_argument("--model", type=Path, help="model artifact directory: also score")
@@ -126,6 +134,7 @@ def _replay(args: argparse.Namespace) -> int:
             scores_out=args.scores_out,
             on_reject=on_reject,
             on_progress=advance,
+            warmup=args.warmup,
         )
     print(summary.line())
     return 0

@@ -12,7 +12,7 @@ import gc
 import logging
 import operator
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec
 from entities.spec import load_spec_module
-from streams.sources import Block, NotSorted, Rejected, read_blocks
+from streams.history import History
+from streams.sources import Block, Rejected
 
 if TYPE_CHECKING:
     from models.artifact import Artifact
@@ -193,8 +194,13 @@ def replay(
     scores_out: Path | None = None,
     on_reject: Callable[[Rejected | tuple[Event, str]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    warmup: Sequence[Path] = (),
 ) -> ReplaySummary:
-    """Replay ``input_path`` and write Parquet; return the summary."""
+    """Replay ``input_path`` and write Parquet; return the summary.
+
+    ``warmup`` files come first in the same history (merged by ts, see
+    streams.history): they update records but give no output rows.
+    """
     module = load_spec_module(spec_path)
     spec = module.spec
     codec = EventCodec(spec)
@@ -204,11 +210,12 @@ def replay(
 
         artifact = load(model_dir, spec)
     started = time.perf_counter()
+    history = History.of([input_path], codec, module, warmup, limit)
 
-    def run(sort: bool) -> tuple[Engine, ReplaySummary]:
+    def run() -> tuple[Engine, ReplaySummary]:
         output = _Output(spec.feature_names, features_out, artifact, scores_out)
         try:
-            engine, summary = _run(module, codec, input_path, limit, output, on_reject, on_progress, sort)
+            engine, summary = _run(module, history, output, on_reject, on_progress)
             output.close()
         except BaseException:
             output.discard()
@@ -216,11 +223,7 @@ def replay(
         return engine, summary
 
     with _gc_tuned():
-        try:
-            engine, summary = run(sort=False)
-        except NotSorted:
-            log.warning("%s is not sorted by ts: replaying again in sorted mode (in memory)", input_path)
-            engine, summary = run(sort=True)
+        engine, summary = history.retry_unsorted(run)
     summary.entities = len(engine.records)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -247,18 +250,15 @@ def _gc_tuned() -> Iterator[None]:
 
 def _run(
     module: Any,
-    codec: EventCodec,
-    input_path: Path,
-    limit: int | None,
+    history: History,
     output: _Output,
     on_reject: Callable[[Any], None] | None,
     on_progress: Callable[[int], None] | None,
-    sort: bool,
 ) -> tuple[Engine, ReplaySummary]:
     engine = Engine(module.spec)
     summary = ReplaySummary()
-    for batch in _batches(read_blocks(input_path, codec, module, limit, sort=sort), summary, on_reject):
-        result = engine.process(batch)
+    for batch in _batches(history.blocks(), summary, on_reject):
+        result = history.output_only(engine.process(batch), batch)
         summary.events += len(batch)
         summary.scored += len(result.scored)
         summary.duplicates += result.duplicates
