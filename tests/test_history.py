@@ -111,19 +111,18 @@ def test_limit_applies_to_the_input_only(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n_files", [1, 3])
 def test_merge_keeps_file_order_at_equal_ts(n_files: int) -> None:
+    from entities.events import Event
     from streams.history import _merge
     from streams.sources import Block
 
-    def ev(ts: int, name: str) -> object:
-        from entities.events import Event
-
+    def ev(ts: int, name: str) -> Event:
         return Event(name, "e", "transaction", ts, None)
 
     streams = [
         iter([Block([ev(1, f"{k}a"), ev(2, f"{k}b")]), Block([ev(2, f"{k}c"), ev(5, f"{k}d")])])
         for k in range(n_files)
     ]
-    merged = [(i, e.event_id) for i, items in _merge(streams) for e in items]  # type: ignore[attr-defined]
+    merged = [(i, e.event_id) for i, items in _merge(streams) for e in items if isinstance(e, Event)]
     want = sorted(
         ((k, f"{k}{c}") for k in range(n_files) for c in "abcd"),
         key=lambda p: ({"a": 1, "b": 2, "c": 2, "d": 5}[p[1][-1]], p[0]),
