@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, default=6066)
     p.set_defaults(run=_worker)
 
+    from streams.cli_bootstrap import add_bootstrap_command
+
+    add_bootstrap_command(sub, _kafka_args, _kafka_config)
+
     p = sub.add_parser("produce", help="publish a recorded file as events")
     p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
     p.add_argument("--input", required=True, type=Path)
@@ -218,7 +222,14 @@ def _worker(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         on_timer=watcher.check if watcher else None,
     )
-    Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
+    try:
+        Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
+    except SystemExit:
+        if not worker.fatal:
+            raise
+    if worker.fatal:
+        print(f"error: {worker.fatal}", file=sys.stderr)
+        return 2
     return 0
 
 
