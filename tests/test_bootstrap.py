@@ -14,13 +14,14 @@ import shutil
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.structs import OffsetAndMetadata
 from streaming import SPEC, WorkerProcess, metric, read_topic, train_small_model
@@ -29,7 +30,7 @@ from test_history import sample_lines, write_csv
 from entities.events import Event
 from entities.spec import load_spec
 from streams.cli import main
-from streams.kafka_io import ensure_topics, partition_for
+from streams.kafka_io import Message, ensure_topics, partition_for, send_batches
 from streams.messages import CL_BATCH_START, ScoreMessage
 from streams.produce import file_events, produce
 from streams.replay import replay
@@ -273,3 +274,50 @@ def _features(spec: Path, history: Path, d: Path) -> Path:
     out = d / f"{spec.stem}-history.parquet"
     replay(spec, history, features_out=out)
     return out
+
+
+def test_misrouted_events_are_counted_and_their_entities_found(kafka_broker, tmp_path: Path) -> None:
+    """A producer with librdkafka's default partitioner (CRC32 of the key), not Kafka's murmur2."""
+    bs = kafka_broker.bootstrap
+    events = _live_events(SPEC.parent / "sample.csv.gz")[:3_000]
+    worker = WorkerProcess(bs, None, tmp_path / "data", partitions=PARTITIONS)
+    model_dir = tmp_path / "model"
+    replay(SPEC, SPEC.parent / "sample.csv.gz", features_out=tmp_path / "f.parquet", limit=3_000)
+    worker.model = train_small_model(load_spec(SPEC), tmp_path / "f.parquet", model_dir, trees=5)
+
+    def crc32_partition(key: bytes) -> int:
+        return zlib.crc32(key) % PARTITIONS
+
+    async def publish() -> None:
+        codec, _ = file_events(SPEC, SPEC.parent / "sample.csv.gz", 1)
+        producer = AIOKafkaProducer(bootstrap_servers=bs)
+        await producer.start()
+        try:
+            messages: list[Message] = [
+                (e.entity_id.encode(), codec.encode(e), [], crc32_partition(e.entity_id.encode()))
+                for e in events
+            ]
+            await asyncio.gather(*await send_batches(producer, worker.topics["events"], messages))
+        finally:
+            await producer.stop()
+
+    misrouted = [
+        e
+        for e in events
+        if crc32_partition(e.entity_id.encode()) != partition_for(e.entity_id.encode(), PARTITIONS)
+    ]
+    assert misrouted
+    try:
+        worker.start()
+        asyncio.run(publish())
+        read_topic(bs, worker.topics["scores"], sum(e.type == "transaction" for e in events), timeout=120)
+        text = worker.get("/metrics")
+        entity = misrouted[-1].entity_id
+        view = _get_json(worker, f"/entities/{entity}")
+    finally:
+        worker.stop()
+    assert metric(text, "supernova_events_misrouted_total") == len(misrouted)
+    assert view["partition"] == crc32_partition(entity.encode())
+    assert view["hashed_partition"] == partition_for(entity.encode(), PARTITIONS)
+    assert "murmur2_random" in view["misrouted"]
+    assert "murmur2_random" in worker.log_tail(10_000)
