@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -40,13 +41,26 @@ HISTORY_ROWS, LIVE_ROWS = 15_000, 5_000
 PARTITIONS = 4
 
 
+# The issue's full acceptance, by hand (not in CI: minutes): SUPERNOVA_GO_LIVE_FULL=1 pytest -s -k two_workers
+# takes fraudTrain as the history and the first 50,000 fraudTest transactions as live events.
+FULL = os.environ.get("SUPERNOVA_GO_LIVE_FULL") == "1"
+DATA = SPEC.parents[2].parent / "shared" / "data"
+if FULL:
+    LIVE_ROWS = 50_000
+
+
 @pytest.fixture(scope="module")
 def slices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """History and live slices of the sample, a model, and replay --warmup's features and scores."""
     d = tmp_path_factory.mktemp("bootstrap")
-    header, lines = sample_lines()
-    history = write_csv(d / "history.csv.gz", header, lines[:HISTORY_ROWS])
-    live = write_csv(d / "live.csv.gz", header, lines[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS])
+    if FULL:
+        history = DATA / "fraudTrain.csv.gz"
+        header, lines = sample_lines(DATA / "fraudTest.csv.gz", LIVE_ROWS)
+        live = write_csv(d / "live.csv.gz", header, lines)
+    else:
+        header, lines = sample_lines()
+        history = write_csv(d / "history.csv.gz", header, lines[:HISTORY_ROWS])
+        live = write_csv(d / "live.csv.gz", header, lines[HISTORY_ROWS : HISTORY_ROWS + LIVE_ROWS])
     return {"history": history, "live": live, **_oracle(SPEC, history, live, d)}
 
 

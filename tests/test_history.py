@@ -22,11 +22,12 @@ from streams.replay import replay
 HISTORY_ROWS = 12_000
 
 
-def sample_lines() -> tuple[bytes, list[bytes]]:
-    """Header and data lines of the committed sample."""
-    with gzip.open(SAMPLE, "rb") as f:
-        lines = f.read().splitlines(keepends=True)
-    return lines[0], lines[1:]
+def sample_lines(path: Path = SAMPLE, n: int | None = None) -> tuple[bytes, list[bytes]]:
+    """Header and (the first ``n``) data lines of a Sparkov CSV.gz, the committed sample by default."""
+    with gzip.open(path, "rb") as f:
+        header = f.readline()
+        lines = [line for line, _ in zip(f, range(n), strict=False)] if n is not None else f.readlines()
+    return header, lines
 
 
 def write_csv(path: Path, header: bytes, rows: list[bytes]) -> Path:
