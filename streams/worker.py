@@ -60,7 +60,7 @@ from streams.kafka_io import (
 )
 from streams.layout import LayoutCheck, LayoutMismatch
 from streams.partitioning import MISROUTED_HINT, Routing
-from streams.recovery import restore
+from streams.recovery import Restored, restore
 from streams.store import PartitionStore
 from streams.telemetry import WorkerMetrics
 
@@ -638,7 +638,7 @@ class BatchWorker:
             self.parts[tp.partition] = part
             log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
 
-    async def _restore(self, tp: TopicPartition, store: PartitionStore) -> Any:
+    async def _restore(self, tp: TopicPartition, store: PartitionStore) -> Restored:
         """Restore the partition from the changelog; LayoutMismatch for records of another layout."""
         where = f"partition {tp.partition} of {self.cfg.changelog_topic}"
         restored = await restore(
