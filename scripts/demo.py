@@ -149,12 +149,13 @@ def warm_start(args: argparse.Namespace, bootstrap: str, run_id: str) -> None:
     """`supernova bootstrap` the worker's records from the history (docs/going-live.md)."""
     from streams.bootstrap import BootstrapConfig
     from streams.bootstrap import bootstrap as run_bootstrap
+    from streams.worker import WorkerConfig
 
     history = _history(args)
     if not history:
         return
     console.print(f"[bold]bootstrap[/]: records of every card from {history[0]} (about a minute)")
-    cfg = BootstrapConfig(bootstrap=bootstrap, app_id=run_id, events_topic=f"{run_id}.events")
+    cfg = BootstrapConfig(WorkerConfig(bootstrap=bootstrap, app_id=run_id, events_topic=f"{run_id}.events"))
     console.print(run_bootstrap(SPEC, history, cfg).line())
 
 

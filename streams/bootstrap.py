@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from streams.kafka_io import (
     send_batches,
 )
 from streams.replay import BATCH, _gc_tuned
+from streams.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 10.0
@@ -69,24 +70,11 @@ class BootstrapRefused(Exception):  # noqa: N818 - reads as what happened
 
 @dataclass
 class BootstrapConfig:
-    """Where the records go; topic and group names are the worker's (streams.worker.WorkerConfig)."""
+    """Where the records go: the workers' own configuration (its app id names changelog and group)."""
 
-    bootstrap: str
-    app_id: str
-    events_topic: str = "events"
+    worker: WorkerConfig
     partitions: int | None = None  # of the events topic if it must be created; else it must match
-    kafka: dict[str, Any] = field(default_factory=dict)
     force: bool = False
-
-    @property
-    def changelog_topic(self) -> str:
-        """The worker's records changelog."""
-        return f"{self.app_id}-records-changelog"
-
-    @property
-    def group_id(self) -> str:
-        """The worker's consumer group."""
-        return f"{self.app_id}-worker"
 
 
 @dataclass
@@ -170,52 +158,53 @@ def _replay(module: Any, inputs: Sequence[Path], summary: BootstrapSummary) -> E
 
 async def _prepare(cfg: BootstrapConfig) -> _Plan:
     """Refuse what would mix records; create the events topic and changelog if absent."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap, **cfg.kafka)
+    w = cfg.worker
+    admin = AIOKafkaAdminClient(bootstrap_servers=w.bootstrap, **w.kafka)
     await admin.start()
     try:
         topics = set(await admin.list_topics())
         counts = await _partition_counts(
-            admin, [t for t in (cfg.events_topic, cfg.changelog_topic) if t in topics]
+            admin, [t for t in (w.events_topic, w.changelog_topic) if t in topics]
         )
         committed = {
             tp.partition: meta.offset
-            for tp, meta in (await _group_offsets(admin, cfg.group_id)).items()
-            if tp.topic == cfg.events_topic and meta.offset >= 0
+            for tp, meta in (await _group_offsets(admin, w.group_id)).items()
+            if tp.topic == w.events_topic and meta.offset >= 0
         }
     finally:
         await admin.close()
-    n = counts.get(cfg.events_topic) or cfg.partitions or DEFAULT_PARTITIONS
+    n = counts.get(w.events_topic) or cfg.partitions or DEFAULT_PARTITIONS
     if cfg.partitions is not None and n != cfg.partitions:
         raise BootstrapRefused(
-            f"--partitions {cfg.partitions}, but the events topic {cfg.events_topic} has {n} partitions: "
+            f"--partitions {cfg.partitions}, but the events topic {w.events_topic} has {n} partitions: "
             "records must be partitioned like the events"
         )
-    changelog_n = counts.get(cfg.changelog_topic)
+    changelog_n = counts.get(w.changelog_topic)
     if changelog_n is not None and changelog_n != n:
         raise BootstrapRefused(
-            f"the changelog {cfg.changelog_topic} has {changelog_n} partitions and the events topic "
-            f"{cfg.events_topic} {n}: workers could not restore every record; use a new --app-id"
+            f"the changelog {w.changelog_topic} has {changelog_n} partitions and the events topic "
+            f"{w.events_topic} {n}: workers could not restore every record; use a new --app-id"
         )
     if changelog_n is not None and not cfg.force:
-        held = await _messages(cfg, cfg.changelog_topic)
+        held = await _messages(cfg, w.changelog_topic)
         if held:
             raise BootstrapRefused(
-                f"the changelog {cfg.changelog_topic} already holds {held:,} messages (from a worker or an "
+                f"the changelog {w.changelog_topic} already holds {held:,} messages (from a worker or an "
                 "earlier bootstrap): use a new --app-id, or --force to write over them"
             )
     if committed and not cfg.force:
         raise BootstrapRefused(
-            f"the consumer group {cfg.group_id} has committed offsets on {cfg.events_topic} "
+            f"the consumer group {w.group_id} has committed offsets on {w.events_topic} "
             f"(partitions {sorted(committed)}): its workers already consumed live events; use a new "
             "--app-id, or --force (workers then resume at those offsets)"
         )
     await ensure_topics(
-        cfg.bootstrap,
+        w.bootstrap,
         [
-            NewTopic(cfg.events_topic, n, 1),
-            NewTopic(cfg.changelog_topic, n, 1, topic_configs=CHANGELOG_CONFIG),
+            NewTopic(w.events_topic, n, 1),
+            NewTopic(w.changelog_topic, n, 1, topic_configs=CHANGELOG_CONFIG),
         ],
-        cfg.kafka,
+        w.kafka,
     )
     return _Plan(n, {p: committed.get(p, 0) for p in range(n)})
 
@@ -239,7 +228,9 @@ async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> di
 
 async def _messages(cfg: BootstrapConfig, topic: str) -> int:
     """Messages a topic holds (end minus beginning offsets, over its partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, **cfg.kafka)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=cfg.worker.bootstrap, enable_auto_commit=False, **cfg.worker.kafka
+    )
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -256,14 +247,14 @@ async def _messages(cfg: BootstrapConfig, topic: str) -> int:
 async def _write(cfg: BootstrapConfig, plan: _Plan, engine: Engine, summary: BootstrapSummary) -> None:
     """Every record to its partition of the changelog; records are dropped once handed over."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=cfg.bootstrap,
+        bootstrap_servers=cfg.worker.bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=MAX_PRODUCER_BATCH,
         max_request_size=4 * MAX_PRODUCER_BATCH,
         request_timeout_ms=60_000,
-        **cfg.kafka,
+        **cfg.worker.kafka,
     )
     await producer.start()
     headers = {
@@ -284,7 +275,7 @@ async def _write(cfg: BootstrapConfig, plan: _Plan, engine: Engine, summary: Boo
                 p = partition_for(key, n)
                 chunk.append((key, data, headers[p], p))
                 summary.bytes += len(key) + len(data)
-            futures += await send_batches(producer, cfg.changelog_topic, chunk)
+            futures += await send_batches(producer, cfg.worker.changelog_topic, chunk)
             summary.records += len(chunk)
             if len(futures) > MAX_PENDING_SENDS:
                 await asyncio.gather(*futures)

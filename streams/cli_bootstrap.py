@@ -45,15 +45,15 @@ def add_bootstrap_command(
     def run(args: argparse.Namespace) -> int:
         from entities.spec import SpecError
         from streams.bootstrap import BootstrapConfig, BootstrapRefused, bootstrap
+        from streams.worker import WorkerConfig
 
-        cfg = BootstrapConfig(
+        worker = WorkerConfig(
             bootstrap=args.bootstrap,
             app_id=args.app_id,
             events_topic=args.events_topic,
-            partitions=args.partitions,
             kafka=kafka_config(args),
-            force=args.force,
         )
+        cfg = BootstrapConfig(worker, partitions=args.partitions, force=args.force)
         try:
             summary = bootstrap(args.spec, args.input, cfg)
         except (BootstrapRefused, SpecError) as exc:
