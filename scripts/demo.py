@@ -7,8 +7,11 @@
 2. (shop) generate a training history and a later test period (examples/shop/generate.py);
 3. train a model per scored type from a replay of the training file if the registry
    has no champion of that type;
-4. backtest each champion on the test file;
-5. start `supernova worker` on fresh topics, publish the test events, show a live view
+4. backtest each champion on the test file, with each entity's history
+   (`replay --warmup <training file>`, fraud);
+5. `supernova bootstrap` the records from the training file, so the worker starts
+   warm (fraud; the shop's test period has other users);
+6. start `supernova worker` on fresh topics, publish the test events, show a live view
    (progress, events/s, alerts), then stop everything.
 """
 
@@ -55,6 +58,7 @@ class Example:
     slice_by: dict[str, list[str]]  # scored type -> backtest slice columns
     amount: dict[str, str] = field(default_factory=dict)  # scored type -> attrs field shown as amount
     generate: list[tuple[str, list[str]]] = field(default_factory=list)  # (file name, generator args)
+    warm: bool = True  # the training file is the history of the test period's entities
 
 
 EXAMPLES = {
@@ -74,6 +78,7 @@ EXAMPLES = {
             ("train.jsonl.gz", ["--users", "2000", "--days", "60", "--seed", "7"]),
             ("test.jsonl.gz", ["--users", "1000", "--days", "30", "--seed", "8"]),
         ],
+        warm=False,
     ),
 }
 
@@ -108,6 +113,7 @@ def main() -> int:
         run_id = time.strftime("demo-%Y%m%d-%H%M%S")
         data_dir = args.out / run_id
         http_port = _free_port()
+        warm_start(args, example, bootstrap, run_id)
         cmd = [
             sys.executable, "-m", "streams.cli", "worker",
             "--spec", str(example.spec), "--registry", str(args.registry),
@@ -177,28 +183,52 @@ def ensure_backtest(args: argparse.Namespace, example: Example, model: Path) -> 
     from streams.replay import output_paths, replay
     from streams.sources import slice_columns
 
-    out = args.out / "backtest" / model.name
+    out = args.out / "backtest-with-history" / model.name
     if (out / "report.html").exists():
         return out / "report.html"
     spec = load_spec(example.spec)
     features_dir = args.out / "test-features"
     event_type = read_manifest(model).event_type
+    warmup = _history(args, example)
     if not getattr(args, "test_replayed", False):  # once per run: every scored type's rows at once
         args.test_replayed = True
-        console.print(f"[bold]backtest[/]: replaying {args.input} for point-in-time features")
-        console.print(
-            replay(example.spec, args.input, features_out=features_dir, adapter=example.adapter).line()
+        console.print(f"[bold]backtest[/]: replaying {args.input} after {warmup or 'no history'}")
+        replayed = replay(
+            example.spec, args.input, features_out=features_dir, adapter=example.adapter, warmup=warmup
         )
+        console.print(replayed.line())
     features = output_paths(spec, features_dir)[event_type]
     columns = slice_columns(args.input, spec, example.slice_by.get(event_type, []), example.adapter)
     slices = Slices(str(args.input), columns.pop("event_id"), columns)
     result = backtest(model, features, out, spec=spec, slices=slices)
     overall = result.metrics["models"]["champion"]["overall"]
+    history = "with each entity's history" if warmup else "without history"
     console.print(
-        f"backtest of {event_type} on {overall['rows']:,} events: "
+        f"backtest of {event_type} {history} on {overall['rows']:,} events: "
         f"ROC-AUC {overall['roc_auc']:.4f}, PR-AUC {overall['pr_auc']:.4f}"
     )
     return out / "report.html"
+
+
+def _history(args: argparse.Namespace, example: Example) -> list[Path]:
+    """The history before the streamed input: the training file, when it holds the same entities."""
+    if not example.warm or args.train_input.resolve() == args.input.resolve():
+        return []
+    return [args.train_input]
+
+
+def warm_start(args: argparse.Namespace, example: Example, bootstrap: str, run_id: str) -> None:
+    """`supernova bootstrap` the worker's records from the history (docs/going-live.md)."""
+    from streams.bootstrap import BootstrapConfig
+    from streams.bootstrap import bootstrap as run_bootstrap
+    from streams.worker import WorkerConfig
+
+    history = _history(args, example)
+    if not history:
+        return
+    console.print(f"[bold]bootstrap[/]: records of every entity from {history[0]} (about a minute)")
+    cfg = BootstrapConfig(WorkerConfig(bootstrap=bootstrap, app_id=run_id, events_topic=f"{run_id}.events"))
+    console.print(run_bootstrap(example.spec, history, cfg, adapter=example.adapter).line())
 
 
 async def stream(args: argparse.Namespace, example: Example, bootstrap: str, run_id: str) -> None:

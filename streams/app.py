@@ -12,6 +12,8 @@ HTTP (bound to 127.0.0.1 unless told otherwise):
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -69,7 +71,12 @@ def create_app(
 
         async def on_start(self) -> None:
             await worker.start()
-            self.add_future(worker.run(lambda: self.should_stop))
+            self.add_future(self._run())
+
+        async def _run(self) -> None:
+            await worker.run(lambda: self.should_stop)
+            if worker.fatal:  # refused (e.g. records of another layout): stop the app, the CLI says why
+                os.kill(os.getpid(), signal.SIGTERM)
 
         async def on_stop(self) -> None:
             await worker.stop()
@@ -102,7 +109,7 @@ def create_app(
     async def entity(web: Any, request: Any, entity_id: str) -> Any:
         found = worker.entity(entity_id)
         if found is None:
-            return web.json({"error": f"entity {entity_id!r} not found on this worker"}, status=404)
+            return web.json({"error": worker.not_found(entity_id)}, status=404)
         return web.json(found)
 
     if on_timer is not None:

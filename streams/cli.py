@@ -28,6 +28,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--spec", required=True, type=Path, help="feature spec module")
     p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz) of wire events")
     _adapter_arg(p)
+    p.add_argument(
+        "--warmup",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="history that comes first (merged by ts): updates records, no output rows (repeatable)",
+    )
     p.add_argument("--limit", type=int, help="read only the first N input rows")
     p.add_argument(
         "--features-out",
@@ -91,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=6066)
     p.set_defaults(run=_worker)
+
+    from streams.cli_bootstrap import add_bootstrap_command
+
+    add_bootstrap_command(sub, _kafka_args, _kafka_config)
 
     p = sub.add_parser("produce", help="publish a recorded file as events")
     p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
@@ -181,6 +193,7 @@ def _replay(args: argparse.Namespace) -> int:
             adapter=args.adapter,
             on_reject=on_reject,
             on_progress=advance,
+            warmup=args.warmup,
         )
     print(summary.line())
     return 0
@@ -266,7 +279,14 @@ def _worker(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         on_timer=watcher.check if watcher else None,
     )
-    Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
+    try:
+        Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
+    except SystemExit:
+        if not worker.fatal:
+            raise
+    if worker.fatal:
+        print(f"error: {worker.fatal}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -13,6 +13,8 @@ from aiokafka.partitioner import murmur2
 
 MAX_PRODUCER_BATCH = 1 << 20
 DEFAULT_PARTITIONS = 4  # of the topics the worker and the producer create
+# The records changelog (created by the worker or by `supernova bootstrap`).
+CHANGELOG_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(8 << 20)}
 
 # (key, value, headers, partition)
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]

@@ -10,6 +10,7 @@ records that already hold them ignore them by event id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,18 @@ class Restored:
 
 
 async def restore(
-    bootstrap: str, topic: str, partition: int, store: PartitionStore, kafka: dict[str, Any]
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    store: PartitionStore,
+    kafka: dict[str, Any],
+    check: Callable[[Iterable[bytes]], None] | None = None,
 ) -> Restored:
-    """Catch ``store`` up with changelog partition ``partition``."""
+    """Catch ``store`` up with changelog partition ``partition``.
+
+    ``check`` sees each batch of record bytes before they are stored, and may refuse
+    them by raising (streams.layout).
+    """
     tp = TopicPartition(topic, partition)
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -57,6 +67,8 @@ async def restore(
             got = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
             records = got.get(tp, [])
             if records:
+                if check is not None:
+                    check(r.value for r in records)
                 pairs = ((r.key.decode(), r.value) for r in records)
                 store.commit(pairs, None, records[-1].offset + 1)
                 restored += len(records)

@@ -31,7 +31,8 @@ from entities.events import Event, EventCodec
 from entities.spec import Spec, load_spec
 from models.dataset import schema_metadata
 from streams.adapters import AdapterRef, require_adapter, resolve_adapter
-from streams.sources import Block, NotSorted, Rejected, is_csv, read_blocks
+from streams.history import History
+from streams.sources import Block, Rejected, is_csv
 
 if TYPE_CHECKING:
     from models.artifact import Artifact
@@ -280,8 +281,12 @@ def replay(
     on_reject: Callable[[Rejected | tuple[Event, str]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     adapter: AdapterRef = None,
+    warmup: Sequence[Path] = (),
 ) -> ReplaySummary:
     """Replay ``input_path`` and write Parquet; return the summary.
+
+    ``warmup`` files come first in the same history (merged by ts, see
+    streams.history): they update records but give no output rows.
 
     ``features_out`` and ``scores_out`` follow :func:`output_paths`; ``models`` are
     artifact directories, one per scored type (scores need one for every type).
@@ -292,8 +297,9 @@ def replay(
     features_paths = output_paths(spec, features_out, "--features-out")
     scores_paths = output_paths(spec, scores_out, "--scores-out")
     adapter_type = resolve_adapter(adapter)
-    if is_csv(input_path):
-        require_adapter(adapter_type, input_path)
+    for path in (*warmup, input_path):
+        if is_csv(path):
+            require_adapter(adapter_type, path)
     artifacts: dict[str, Artifact] = {}
     model_dirs = [models] if isinstance(models, Path | str) else list(models)
     if model_dirs:
@@ -304,13 +310,12 @@ def replay(
         if scores_paths:
             require_every_type(artifacts, spec)
     started = time.perf_counter()
+    history = History.of([input_path], codec, adapter_type, warmup, limit)
 
-    def run(sort: bool) -> tuple[Engine, ReplaySummary]:
+    def run() -> tuple[Engine, ReplaySummary]:
         output = _Output(spec, features_paths, artifacts, scores_paths if artifacts else {})
         try:
-            engine, summary = _run(
-                spec, codec, input_path, adapter_type, limit, output, on_reject, on_progress, sort
-            )
+            engine, summary = _run(spec, history, output, on_reject, on_progress)
             output.close()
         except BaseException:
             output.discard()
@@ -318,11 +323,7 @@ def replay(
         return engine, summary
 
     with _gc_tuned():
-        try:
-            engine, summary = run(sort=False)
-        except NotSorted:
-            log.warning("%s is not sorted by ts: replaying again in sorted mode (in memory)", input_path)
-            engine, summary = run(sort=True)
+        engine, summary = history.retry_unsorted(run)
     summary.entities = len(engine.records)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -349,19 +350,15 @@ def _gc_tuned() -> Iterator[None]:
 
 def _run(
     spec: Spec,
-    codec: EventCodec,
-    input_path: Path,
-    adapter: type | None,
-    limit: int | None,
+    history: History,
     output: _Output,
     on_reject: Callable[[Any], None] | None,
     on_progress: Callable[[int], None] | None,
-    sort: bool,
 ) -> tuple[Engine, ReplaySummary]:
     engine = Engine(spec)
     summary = ReplaySummary()
-    for batch in _batches(read_blocks(input_path, codec, adapter, limit, sort=sort), summary, on_reject):
-        result = engine.process(batch)
+    for batch in _batches(history.blocks(), summary, on_reject):
+        result = history.output_only(engine.process(batch), batch)
         summary.events += len(batch)
         summary.scored += len(result.scored)
         summary.duplicates += result.duplicates

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import cast
 
@@ -78,6 +79,10 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(_CHANGELOG_OFFSET, str(changelog_offset).encode())
         self.db.write(wb)
+
+    def some_records(self, n: int) -> list[bytes]:
+        """Up to ``n`` stored records (the first by key; metadata keys sort before them)."""
+        return [bytes(v) for v in islice(self.db.values(from_key=b"\x01"), n)]
 
     def quarantine(self, entity_id: str, data: bytes) -> None:
         """Move undecodable record bytes aside so the entity can start afresh."""

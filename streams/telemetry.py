@@ -60,6 +60,11 @@ class WorkerMetrics:
         self.quarantined = Counter(
             "supernova_records_quarantined", "Stored records that failed to decode", registry=r
         )
+        self.misrouted = Counter(
+            "supernova_events_misrouted",
+            "Events that arrived on another partition than their key's murmur2 partition",
+            registry=r,
+        )
         self.restored = Counter(
             "supernova_records_restored", "Records restored from the changelog", registry=r
         )

@@ -47,11 +47,12 @@ from rocksdict import WriteBatch
 
 from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec, EventError
-from entities.record import RecordError, SupernovaRecord
+from entities.record import RecordCodec, RecordError, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams import messages as msg
 from streams.kafka_io import (
+    CHANGELOG_CONFIG,
     DEFAULT_PARTITIONS,
     MAX_PRODUCER_BATCH,
     Message,
@@ -59,7 +60,9 @@ from streams.kafka_io import (
     partition_for,
     send_batches,
 )
-from streams.recovery import restore
+from streams.layout import LayoutCheck, LayoutMismatch
+from streams.partitioning import MISROUTED_HINT, Routing
+from streams.recovery import Restored, restore
 from streams.store import PartitionStore
 from streams.telemetry import WorkerMetrics
 
@@ -214,6 +217,10 @@ class BatchWorker:
         self.last_checkpoint = time.monotonic()
         self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self._stopping = False
+        # Issue 18: the partitioner contract and records of another layout.
+        self.routing = Routing(cfg.partitions)
+        self.layout = LayoutCheck(RecordCodec(spec))
+        self.fatal: str | None = None  # why the worker refuses to go on (it stops)
 
     @property
     def transactional_id(self) -> str:
@@ -227,7 +234,7 @@ class BatchWorker:
         """Create topics if absent, connect, subscribe."""
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         n = self.cfg.partitions
-        compacted = {"cleanup.policy": "compact", "max.message.bytes": str(8 << 20)}
+        compacted = CHANGELOG_CONFIG
         topics = [
             NewTopic(self.cfg.events_topic, n, 1),
             NewTopic(self.cfg.scores_topic, n, 1),
@@ -273,6 +280,7 @@ class BatchWorker:
         events_parts = await self.producer.partitions_for(self.cfg.events_topic)
         scores_parts = await self.producer.partitions_for(self.cfg.scores_topic)
         self.co_partitioned = len(events_parts) == len(scores_parts)
+        self.routing = Routing(len(events_parts))
         self.consumer.subscribe([self.cfg.events_topic], listener=_Rebalance(self))
         tune_gc()
 
@@ -299,7 +307,7 @@ class BatchWorker:
         """Consume until told to stop; checkpoint every commit interval."""
         assert self.consumer is not None
         interval = self.cfg.commit_interval_ms / 1000
-        while not (self._stopping or should_stop()):
+        while not (self._stopping or should_stop() or self.fatal):
             batches = await self.consumer.getmany(
                 timeout_ms=self.cfg.poll_timeout_ms if self._encoding is None else ENCODE_IDLE_POLL_MS,
                 max_records=self.cfg.max_batch,
@@ -366,6 +374,9 @@ class BatchWorker:
             if not records:
                 continue
             m.events_in.inc(len(records))
+            misrouted = self.routing.misrouted(tp.partition, records)
+            if misrouted:
+                m.misrouted.inc(misrouted)
             m.batch_size.observe(len(records))
             events, origin = self._decode(part, records, dead)
             result = self._apply(part, events, origin)
@@ -651,9 +662,13 @@ class BatchWorker:
             if tp.topic != self.cfg.events_topic or tp.partition in self.parts:
                 continue
             store = PartitionStore(self.cfg.data_dir / f"{tp.topic}-{tp.partition}")
-            restored = await restore(
-                self.cfg.bootstrap, self.cfg.changelog_topic, tp.partition, store, self.cfg.kafka
-            )
+            try:
+                restored = await self._restore(tp, store)
+            except LayoutMismatch as exc:
+                store.close()
+                self.fatal = str(exc)
+                log.error("%s", exc)
+                return
             self.metrics.restored.inc(restored.records)
             resume = restored.resume if restored.resume is not None else store.input_offset()
             if resume is None:  # a new store: start where the group left off, else at the beginning
@@ -662,6 +677,20 @@ class BatchWorker:
             part = _Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
             self.parts[tp.partition] = part
             log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
+
+    async def _restore(self, tp: TopicPartition, store: PartitionStore) -> Restored:
+        """Restore the partition from the changelog; LayoutMismatch for records of another layout."""
+        where = f"partition {tp.partition} of {self.cfg.changelog_topic}"
+        restored = await restore(
+            self.cfg.bootstrap,
+            self.cfg.changelog_topic,
+            tp.partition,
+            store,
+            self.cfg.kafka,
+            check=lambda records: self.layout.check(records, where),
+        )
+        self.layout.check(store.some_records(8), f"the store {store.path}")
+        return restored
 
     async def revoke(self, tps: Iterable[TopicPartition]) -> None:
         """Checkpoint and close the partitions taken away."""
@@ -678,21 +707,25 @@ class BatchWorker:
     # --- queries (HTTP) ------------------------------------------------------------------
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:
-        """What the worker knows of an entity, if its partition is assigned here."""
-        p = partition_for(entity_id.encode(), self.cfg.partitions)
-        part = self.parts.get(p)
-        if part is None:
+        """What the worker knows of an entity: in the partition its key hashes to, else any held here.
+
+        An entity found elsewhere arrived there: its producer partitions differently.
+        """
+        p = self.routing.partition(entity_id.encode())
+        found = self._held(entity_id, p)
+        if found is None:
             return None
-        record: SupernovaRecord | None = part.engine.records.get(entity_id)
-        if record is None:
-            data = part.store.get_many([entity_id])[0]
-            if data is None:
-                return None
-            record = part.engine.codec.decode(data)
+        part, record = found
         last = part.last.get(entity_id, {})
+        where: dict[str, Any] = {"partition": part.tp.partition}
+        if part.tp.partition != p:
+            where["hashed_partition"] = p
+            where["misrouted"] = (
+                f"its events arrived on partition {part.tp.partition}, not {p}: {MISROUTED_HINT}"
+            )
         return {
             "entity_id": entity_id,
-            "partition": p,
+            **where,
             "fixed": {k: v if isinstance(v, int | float) else str(v) for k, v in record.fixed.items()},
             "repeated_sizes": record.sizes(),
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
@@ -701,6 +734,28 @@ class BatchWorker:
             "features": {t: dict(zip(self.feature_names[t], v[2], strict=True)) for t, v in last.items()},
             "last_score": {t: {"score": v[0], "event_id": v[1]} for t, v in last.items()},
         }
+
+    def _held(self, entity_id: str, hashed: int) -> tuple[_Partition, SupernovaRecord] | None:
+        """The partition (the hashed one first) and record of an entity held here."""
+        order = sorted(self.parts, key=lambda q: q != hashed)
+        for q in order:
+            part = self.parts[q]
+            record: SupernovaRecord | None = part.engine.records.get(entity_id)
+            if record is None:
+                data = part.store.get_many([entity_id])[0]
+                if data is None:
+                    continue
+                record = part.engine.codec.decode(data)
+            return part, record
+        return None
+
+    def not_found(self, entity_id: str) -> str:
+        """Why ``entity`` found nothing: which partition would hold the entity, and whether it is here."""
+        p = self.routing.partition(entity_id.encode())
+        held = (
+            "held by this worker, which has no record of it" if p in self.parts else "held by another worker"
+        )
+        return f"entity {entity_id!r} not found on this worker: its key hashes to partition {p}, {held}"
 
 
 def tune_gc() -> None:

@@ -65,6 +65,7 @@ class WorkerProcess:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    spec: Path = SPEC
 
     @property
     def topics(self) -> dict[str, str]:
@@ -81,7 +82,7 @@ class WorkerProcess:
         self.log_path = self.data_dir.parent / f"{self.prefix}-worker-{time.time_ns()}.log"
         cmd = [
             sys.executable, "-m", "streams.cli", "worker",
-            "--spec", str(SPEC), *(["--model", str(self.model)] if self.model else []),
+            "--spec", str(self.spec), *(["--model", str(self.model)] if self.model else []),
             "--bootstrap", self.bootstrap, "--data-dir", str(self.data_dir),
             "--app-id", self.prefix, "--partitions", str(self.partitions),
             "--events-topic", self.topics["events"], "--scores-topic", self.topics["scores"],
@@ -145,16 +146,21 @@ def read_topic(
     expect: int,
     timeout: float = 120,
     unique: Callable[[Any], Any] | None = None,
+    committed: bool = False,
 ) -> list[Any]:
     """Every message of a topic from the beginning, until ``expect`` arrived (or timeout).
 
     With ``unique``, waits for ``expect`` distinct ``unique(message)`` values instead
-    (duplicates do not count towards it).
+    (duplicates do not count towards it). With ``committed``, reads as a
+    read_committed consumer (what exactly-once promises to).
     """
 
     async def run() -> list[Any]:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if committed else "read_uncommitted",
         )
         await consumer.start()
         try:

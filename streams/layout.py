@@ -1,0 +1,66 @@
+"""Record layout checks: a worker refuses records written for another layout.
+
+A spec change that keeps the layout (fixed and repeated attributes; see
+``Spec.layout_hash``) keeps every record readable: a restarted worker computes the
+new features from the records it has. A layout change (a new field, a new repeated
+attribute) makes old records unreadable. The worker then refuses to start instead
+of quarantining record after record (each would start afresh, silently losing its
+history, and every score after would differ from the backtest): records of a new
+layout come from the history files, through ``supernova bootstrap``.
+
+Corrupt bytes are another matter: a single record that does not decode is
+quarantined and its entity starts afresh (``BatchWorker._load``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from entities.record import RecordCodec
+
+
+class LayoutMismatch(Exception):  # noqa: N818 - reads as what happened
+    """Stored records were written for another record layout than this spec's."""
+
+
+class _Head(msgspec.Struct, array_like=True):
+    """The first two fields of an encoded record; the rest is skipped, not decoded."""
+
+    v: int
+    layout: str
+
+
+_head = msgspec.msgpack.Decoder(_Head)
+
+
+def record_layout(data: bytes) -> str | None:
+    """The layout hash an encoded record was written for (None if the bytes say nothing)."""
+    try:
+        return _head.decode(data).layout
+    except msgspec.MsgspecError:
+        return None
+
+
+class LayoutCheck:
+    """Checks encoded records against one spec's layout."""
+
+    def __init__(self, codec: RecordCodec) -> None:
+        self.layout = codec.layout
+
+    def check(self, records: Iterable[bytes], where: str) -> None:
+        """Raise LayoutMismatch at the first record of a known other layout."""
+        for data in records:
+            found = record_layout(data)
+            if found is not None and found != self.layout:
+                raise LayoutMismatch(mismatch_message(where, found, self.layout))
+
+
+def mismatch_message(where: str, found: str, layout: str) -> str:
+    """The one-line refusal."""
+    return (
+        f"{where} holds records of layout {found}, this spec's layout is {layout} (a field or repeated "
+        "attribute changed): rebuild the records from the history files with `supernova bootstrap` "
+        "into a new --app-id (see docs/going-live.md)"
+    )
