@@ -71,13 +71,8 @@ def test_warmup_replay_equals_concatenated_history_filtered(tmp_path: Path) -> N
     h = write_csv(tmp_path / "history.csv.gz", header, history)
     i = write_csv(tmp_path / "live.csv.gz", header, live)
     out = tmp_path / "warm.parquet"
-    assert (
-        main(
-            ["replay", "--spec", str(SPEC), "--adapter", str(ADAPTER), "--warmup", str(h), "--input", str(i)]
-            + ["--features-out", str(out)]
-        )
-        == 0
-    )
+    args = ["replay", "--spec", str(SPEC), "--adapter", str(ADAPTER), "--warmup", str(h), "--input", str(i)]
+    assert main([*args, "--features-out", str(out)]) == 0
     got = _rows(out)
     assert len(got) == len(live)
     _assert_same_rows(got, _oracle(tmp_path, header, [history, live], live))
