@@ -367,7 +367,7 @@ def _other_fixed_layout(spec: Spec) -> Spec:
 def _other_retention(spec: Spec) -> Spec:
     rep = spec.repeated["transactions"]
     return dataclasses.replace(
-        spec, repeated={"transactions": dataclasses.replace(rep, max_age=2 * rep.max_age)}
+        spec, repeated={"transactions": dataclasses.replace(rep, retention=2 * rep.retention)}
     )
 
 
