@@ -355,6 +355,16 @@ def is_numeric(t: Any) -> bool:
     return base_type(t) in (int, float, bool)
 
 
+def _type_name(t: Any) -> str:
+    t = base_type(t)
+    return getattr(t, "__name__", repr(t))
+
+
+def _text(ms: int) -> str:
+    """A duration for messages: ``31 days, 0:00:00``."""
+    return str(timedelta(milliseconds=ms))
+
+
 def window_suffix(ms: int) -> str:
     """The name suffix of a window: ``7d`` (whole days, >= 2), ``24h``, ``30m``, ``90s``, else ms."""
     day, hour, minute, second = 86_400_000, 3_600_000, 60_000, 1_000
@@ -401,7 +411,7 @@ def _expand(spec: Spec, scored_type: str, d: Any) -> list[Feature]:
         if d.field not in own:
             raise SpecError(f"{where}: unknown field {d.field!r} of {scored_type!r} events {list(own)}")
         if not is_numeric(own[d.field]):
-            raise SpecError(f"{where}: field {d.field!r} is not numeric ({own[d.field]!r})")
+            raise SpecError(f"{where}: field {d.field!r} is not numeric ({_type_name(own[d.field])})")
         return [CurrentFeature(d.name or d.field, d.field)]
     if isinstance(d, Derived):
         return [DerivedFeature(d.name, d.fn, _derived_arity(f"{at}({d.name!r})", d.fn) == 3)]
@@ -449,7 +459,8 @@ def _expand_aggregation(
         if agg.field not in rep.fields:
             raise SpecError(f"{at}: unknown field {agg.field!r} of {d.repeated!r} {list(rep.fields)}")
         if agg.numeric and not is_numeric(rep.fields[agg.field]):
-            raise SpecError(f"{at}: {type(agg).__name__} needs a numeric field, {agg.field!r} is text")
+            kind = _type_name(rep.fields[agg.field])
+            raise SpecError(f"{at}: {type(agg).__name__} needs a numeric field, {agg.field!r} is {kind}")
     if agg.own_only and not own:
         raise SpecError(f"{at}: {type(agg).__name__} compares the scored event to its own attribute only")
     if not d.windows:
@@ -471,8 +482,8 @@ def _expand_aggregation(
                 raise SpecError(f"{at}: window {w!r} must be positive")
             if length + spec.lateness_ms > rep.retention_ms:
                 raise SpecError(
-                    f"{at}: window {length} ms plus allowed lateness {spec.lateness_ms} ms exceeds "
-                    f"the retention of {d.repeated!r} ({rep.retention_ms} ms): raise its retention"
+                    f"{at}: window {_text(length)} plus allowed lateness {_text(spec.lateness_ms)} "
+                    f"exceeds the retention of {d.repeated!r} ({_text(rep.retention_ms)}): raise it"
                 )
             suffix = window_suffix(length)
         name = d.names[i] if d.names is not None else f"{prefix}_{suffix}"
