@@ -122,25 +122,30 @@ class ZScore(_FieldAgg):
 
 
 @dataclass(frozen=True, repr=False)
-class Min(_FieldAgg):
-    """Minimum of a numeric field (NaN when none qualifies)."""
-
-    op = "min"
+class _Extreme(_FieldAgg):
     lifetime = True
+    largest: ClassVar[bool]
 
     def of(self, values: Sequence[Any], current: Any) -> float:
-        return float(min(values)) if values else NAN
+        if not values:
+            return NAN
+        return float(max(values) if self.largest else min(values))
 
 
 @dataclass(frozen=True, repr=False)
-class Max(_FieldAgg):
+class Min(_Extreme):
+    """Minimum of a numeric field (NaN when none qualifies)."""
+
+    op = "min"
+    largest = False
+
+
+@dataclass(frozen=True, repr=False)
+class Max(_Extreme):
     """Maximum of a numeric field (NaN when none qualifies)."""
 
     op = "max"
-    lifetime = True
-
-    def of(self, values: Sequence[Any], current: Any) -> float:
-        return float(max(values)) if values else NAN
+    largest = True
 
 
 @dataclass(frozen=True, repr=False)

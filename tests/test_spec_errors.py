@@ -145,3 +145,14 @@ def test_a_correct_spec_anywhere_describes(tmp_path: Path, capsys: pytest.Captur
     assert main(["describe", "--spec", str(path)]) == 0
     out, _ = capsys.readouterr()
     assert '"amount_sum_1h"' in out
+
+
+def test_the_example_of_docs_spec_md_builds(tmp_path: Path) -> None:
+    text = (REPO_ROOT / "docs" / "spec.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "doc_example.py"
+    path.write_text(code)
+    spec = load_spec(path)
+    assert spec.scored_types == ["order", "login"]
+    assert spec.feature_names_of("order")[:3] == ["amount", "orders_count_24h", "orders_count_lifetime"]
+    assert spec.feature_names_of("login")[-1] == "amount_max_7d"
