@@ -443,8 +443,13 @@ def _filters(
             raise SpecError(f"{at}: filter on unknown field {p.field!r} of {rep_name!r} {list(rep.fields)}")
         if isinstance(p, SameAsCurrent) and p.field not in own:
             raise SpecError(f"{at}: same_as_current({p.field!r}), but {scored_type!r} events lack that field")
-        if isinstance(p, Compare) and p.op not in ("==", "!=") and not is_numeric(rep.fields[p.field]):
-            raise SpecError(f"{at}: {p.describe()} orders a non-numeric field")
+        if isinstance(p, Compare):
+            numeric = is_numeric(rep.fields[p.field])
+            if p.op not in ("==", "!=") and not numeric:
+                raise SpecError(f"{at}: {p.describe()} orders a non-numeric field")
+            kind = (int, float) if numeric else base_type(rep.fields[p.field])
+            if isinstance(kind, type | tuple) and not isinstance(p.value, kind):
+                raise SpecError(f"{at}: {p.describe()} compares {p.field!r} to a {type(p.value).__name__}")
     return parts
 
 

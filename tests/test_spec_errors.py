@@ -79,6 +79,11 @@ CASES = {
         'Aggregation("logins", Count(), windows=[hours(1)], where=same_as_current("ip"))',
         ["same_as_current('ip')", "'order'"],
     ),
+    "filter constant of the wrong type": (
+        "order",
+        'Aggregation("logins", Count(), windows=[hours(1)], where=col("success") == "no")',
+        ["success == 'no'", "str"],
+    ),
     "unknown scored type": ("click", 'Current("amount")', ["unknown scored type", "'click'"]),
     "duplicate feature names": (
         "order",
