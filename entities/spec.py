@@ -318,7 +318,13 @@ class Spec:
     def layout_hash(self) -> str:
         """Hash of the record layout only: records stay readable while features change."""
         d = self.describe()
-        text = json.dumps([d["fixed"], d["repeated"]], sort_keys=True)
+        # Retention is hashed under its former name, so that records stored before
+        # it was renamed (same layout) stay readable.
+        repeated = {
+            name: {("max_age" if k == "retention_ms" else k): v for k, v in r.items()}
+            for name, r in d["repeated"].items()
+        }
+        text = json.dumps([d["fixed"], repeated], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
