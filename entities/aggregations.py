@@ -45,7 +45,9 @@ class Agg:
 
 
 @dataclass(frozen=True)
-class _FieldAgg(Agg):
+class FieldAgg(Agg):
+    """Base of the aggregations of one field: ``Sum("amount")``."""
+
     name: str
 
     @property
@@ -75,7 +77,7 @@ class Count(Agg):
 
 
 @dataclass(frozen=True, repr=False)
-class Sum(_FieldAgg):
+class Sum(FieldAgg):
     """Sum of a numeric field (0.0 when no item qualifies)."""
 
     op = "sum"
@@ -86,7 +88,7 @@ class Sum(_FieldAgg):
 
 
 @dataclass(frozen=True, repr=False)
-class Mean(_FieldAgg):
+class Mean(FieldAgg):
     """Arithmetic mean of a numeric field (NaN when no item qualifies)."""
 
     op = "mean"
@@ -97,7 +99,7 @@ class Mean(_FieldAgg):
 
 
 @dataclass(frozen=True, repr=False)
-class Std(_FieldAgg):
+class Std(FieldAgg):
     """Population standard deviation (ddof 0) of a numeric field (NaN when none qualifies)."""
 
     op = "std"
@@ -107,7 +109,7 @@ class Std(_FieldAgg):
 
 
 @dataclass(frozen=True, repr=False)
-class ZScore(_FieldAgg):
+class ZScore(FieldAgg):
     """(scored value - mean) / std over the window; 0.0 when std < 1e-9 or nothing qualifies."""
 
     op = "zscore"
@@ -122,7 +124,7 @@ class ZScore(_FieldAgg):
 
 
 @dataclass(frozen=True, repr=False)
-class _Extreme(_FieldAgg):
+class _Extreme(FieldAgg):
     lifetime = True
     largest: ClassVar[bool]
 
@@ -149,7 +151,7 @@ class Max(_Extreme):
 
 
 @dataclass(frozen=True, repr=False)
-class Distinct(_FieldAgg):
+class Distinct(FieldAgg):
     """Number of distinct values of a field (0.0 when none qualifies)."""
 
     op = "distinct"
