@@ -45,7 +45,7 @@ GROUP_MAX_SHARE = 0.75  # entities per event above which grouping is not worth i
 
 
 def feature_matrix(rows: list[list[float]], width: int) -> np.ndarray:
-    """Feature rows as one float64 matrix (one flat pass: a quarter faster than np.array)."""
+    """Feature rows as one float64 matrix, filled in one flat pass."""
     return np.fromiter(chain.from_iterable(rows), np.float64, len(rows) * width).reshape(len(rows), width)
 
 
