@@ -1,21 +1,22 @@
 """Property test: the incremental core equals a from-scratch recompute.
 
 Random event sequences (two entities, two repeated attributes that are both
-scored, and profile events) go through ``entities.engine.Engine`` in random batches; every batch's
-``BatchResult`` (rows, scored, rejected, duplicates, late flags, changed) and the
-record state afterwards are compared with ``tests/reference_core.py``, which
-recomputes every feature from plain lists with exact arithmetic.
+scored, and profile events) go through ``entities.engine.Engine`` in random
+batches; every batch's ``BatchResult`` (rows, scored, rejected, duplicates, late
+flags, changed) and the record state afterwards are compared with
+``tests/reference_core.py``, which recomputes every feature from plain lists with
+exact arithmetic.
 
 Features cover every kind over the event's own attribute and over the other one:
 windows (unfiltered, ``same_as_current``, constant filters, both), lifetime
 aggregates (filtered too), time-since (filtered too) and derived functions that
 read the record view. The sequences exercise retention (small ``max_count`` and
-``retention``), equal timestamps across the two attributes,
-duplicate event ids (of retained, of dropped and of profile events), equal
-timestamps, late events within the allowed lateness, events beyond it (rejected,
-record unchanged, ``LateEventError`` from ``FeaturePlan.apply``), interleaved
-profile events and codec round trips of a record between batches (a restart:
-window state is rebuilt from the items).
+``retention``), duplicate event ids (of retained, of dropped and of profile
+events), equal timestamps (within and across the two attributes), late events
+within the allowed lateness, events beyond it (rejected, record unchanged,
+``LateEventError`` from ``FeaturePlan.apply``), interleaved profile events and
+codec round trips of a record between batches (a restart: window state is rebuilt
+from the items).
 """
 
 from __future__ import annotations
