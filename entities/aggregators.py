@@ -289,19 +289,55 @@ class Counter:
         return len(self.counts)
 
 
+class Tally:
+    """Number of items (the count of a filtered or keyed window)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, item: Item) -> None:
+        """Count an item."""
+        self.n += 1
+
+    def remove(self, item: Item) -> None:
+        """Uncount an item."""
+        self.n -= 1
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)``."""
+        return [f"{var}.n += 1"]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [f"{var}.n -= 1"]
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class Keyed:
-    """One aggregator per value of a key field (for ``same_as_current`` filters)."""
+    """One aggregator per value of a key field (for ``same_as_current`` filters).
+
+    ``idx`` is an item index, or a tuple of them for a key of several fields.
+    """
 
     __slots__ = ("idx", "make", "parts")
 
-    def __init__(self, idx: int, make: Callable[[], Any]) -> None:
+    def __init__(self, idx: int | tuple[int, ...], make: Callable[[], Any]) -> None:
         self.idx = idx
         self.make = make
         self.parts: dict[Any, Any] = {}
 
+    def key(self, item: Item) -> Any:
+        """The key of an item."""
+        idx = self.idx
+        return item[idx] if isinstance(idx, int) else tuple(item[i] for i in idx)
+
     def add(self, item: Item) -> None:
         """Add an item to its key's aggregator."""
-        k = item[self.idx]
+        k = self.key(item)
         part = self.parts.get(k)
         if part is None:
             part = self.parts[k] = self.make()
@@ -309,7 +345,7 @@ class Keyed:
 
     def remove(self, item: Item) -> None:
         """Remove an item from its key's aggregator (dropping it once empty)."""
-        k = item[self.idx]
+        k = self.key(item)
         part = self.parts[k]
         part.remove(item)
         if not len(part):
@@ -324,5 +360,33 @@ class Keyed:
         return [f"{var}.remove({item})"]
 
     def get(self, key: Any) -> Any:
-        """The aggregator of one key (None if that key never occurred)."""
+        """The aggregator of one key (None if no item of that key is inside)."""
         return self.parts.get(key)
+
+
+class Filtered:
+    """An aggregator that sees only the items passing ``test`` (constant filters)."""
+
+    __slots__ = ("inner", "test")
+
+    def __init__(self, test: Callable[[Item], bool], inner: Any) -> None:
+        self.test = test
+        self.inner = inner
+
+    def add(self, item: Item) -> None:
+        """Add the item if it qualifies."""
+        if self.test(item):
+            self.inner.add(item)
+
+    def remove(self, item: Item) -> None:
+        """Remove the item if it qualifies (it was added then)."""
+        if self.test(item):
+            self.inner.remove(item)
+
+    def emit_add(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""
+        return [f"{var}.add({item})"]
+
+    def emit_remove(self, var: str, item: str) -> list[str]:
+        """Inline source of ``var.remove(item)``."""
+        return [f"{var}.remove({item})"]

@@ -6,9 +6,12 @@ entities whose records changed (what a store must persist and a changelog carry)
 
 An event reads and writes its own entity's record only, so a batch may be applied
 entity by entity, each entity's events in arrival order, with exactly the same
-results. ``process`` does that when entities repeat in the batch, so that a
-record's objects stay in the CPU cache across its events, and puts the results back
-in arrival order: the caller cannot tell the two orders apart.
+results. ``process`` does that when entities repeat in the batch, so a record's
+objects stay in the CPU cache across its events, and puts the results back in
+arrival order.
+
+Rows have the width of ``spec.feature_names_of(event.type)`` of their scored event;
+consumers group them by ``event.type``.
 """
 
 from __future__ import annotations
@@ -42,19 +45,26 @@ GROUP_MAX_SHARE = 0.75  # entities per event above which grouping is not worth i
 
 
 def feature_matrix(rows: list[list[float]], width: int) -> np.ndarray:
-    """Feature rows as one float64 matrix of shape (len(rows), width), filled in one flat pass."""
+    """Feature rows as one float64 matrix, filled in one flat pass."""
     return np.fromiter(chain.from_iterable(rows), np.float64, len(rows) * width).reshape(len(rows), width)
 
 
 class Engine:
     """Applies events to records with one FeaturePlan; records live in ``records``."""
 
-    def __init__(self, spec: Spec, records: MutableMapping[str, SupernovaRecord] | None = None) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        records: MutableMapping[str, SupernovaRecord] | None = None,
+        plan: FeaturePlan | None = None,
+    ) -> None:
+        """``plan``: a FeaturePlan of ``spec`` to share (it holds no record state), else a new one."""
         self.spec = spec
-        self.plan = FeaturePlan(spec)
+        self.plan = FeaturePlan(spec) if plan is None else plan
         self.codec = RecordCodec(spec)
         self.records: MutableMapping[str, SupernovaRecord] = {} if records is None else records
-        self._scored_name = spec.scored_repeated
+        # Event type -> its repeated attribute (to tell whether a scored event was late).
+        self._attr_of = {r.event_type: name for name, r in spec.repeated.items()}
 
     def record(self, entity_id: str) -> SupernovaRecord:
         """The entity's record, created empty on first sight."""
@@ -77,7 +87,7 @@ class Engine:
         out = BatchResult()
         apply = self.plan.apply
         records = self.records
-        scored_name = self._scored_name
+        attr_of = self._attr_of
         scored_at: list[int] = []
         rejected_at: list[int] = []
         # Bound methods in locals: this loop runs once per event.
@@ -101,8 +111,8 @@ class Engine:
                 scored(event)
                 rows(row)
                 at(k)
-                # A scored event becomes its entity's newest unless it was late.
-                late(rec.last_ts[scored_name] != event.ts)
+                # A scored event becomes its attribute's newest unless it was late.
+                late(rec.last_ts[attr_of[event.type]] != event.ts)
             elif rec.duplicates != dups:
                 out.duplicates += 1
         return out, scored_at, rejected_at

@@ -113,8 +113,7 @@ class RecordCodec:
         """The record's serialisable state as of now, for ``encode_snapshot`` later.
 
         Copies what the engine mutates in place (lists, the lifetime counters) but not
-        the items, which are immutable tuples and may be shared: far cheaper than
-        encoding, so a checkpoint can take it just before a poll changes the record.
+        the items, which are immutable tuples: far cheaper than encoding.
         """
         return self._state_type(
             SCHEMA_VERSION,

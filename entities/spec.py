@@ -2,7 +2,11 @@
 
 A spec module (e.g. ``examples/fraud/spec.py``) builds a :class:`Spec`. The same
 declaration drives replay, training, backtests and the streaming worker, and its
-:func:`Spec.hash` binds trained models to it.
+:func:`Spec.hash` binds trained models to it. ``docs/spec.md`` is the user's guide.
+
+Building a ``Spec`` expands every declaration into plain :class:`Feature` objects
+(one per column, in order) and checks them: a mistake raises a one-line
+:class:`SpecError` naming the declaration and the reason.
 """
 
 from __future__ import annotations
@@ -12,35 +16,99 @@ import importlib.util
 import inspect
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
-MS_PER_SECOND = 1_000
-MS_PER_MINUTE = 60 * MS_PER_SECOND
-MS_PER_HOUR = 60 * MS_PER_MINUTE
-MS_PER_DAY = 24 * MS_PER_HOUR
+from entities.aggregations import (
+    Agg,
+    Count,
+    Distinct,
+    FieldAgg,
+    Max,
+    Mean,
+    Min,
+    Std,
+    Sum,
+    ZScore,
+)
+from entities.filters import Compare, Filter, SameAsCurrent, col, same_as_current
+
+__all__ = [
+    "LIFETIME",
+    "Agg",
+    "Aggregation",
+    "Compare",
+    "Count",
+    "Current",
+    "Derived",
+    "Distinct",
+    "FieldAgg",
+    "Filter",
+    "Fixed",
+    "Max",
+    "Mean",
+    "Min",
+    "Repeated",
+    "SameAsCurrent",
+    "Scored",
+    "Spec",
+    "SpecError",
+    "Std",
+    "Sum",
+    "TimeSince",
+    "ZScore",
+    "col",
+    "days",
+    "hours",
+    "load_spec",
+    "minutes",
+    "same_as_current",
+]
+
+Duration = timedelta | int  # an int is milliseconds
 
 
-def minutes(n: float) -> int:
-    """Return n minutes in milliseconds."""
-    return int(n * MS_PER_MINUTE)
+def minutes(n: float) -> timedelta:
+    """n minutes."""
+    return timedelta(minutes=n)
 
 
-def hours(n: float) -> int:
-    """Return n hours in milliseconds."""
-    return int(n * MS_PER_HOUR)
+def hours(n: float) -> timedelta:
+    """n hours."""
+    return timedelta(hours=n)
 
 
-def days(n: float) -> int:
-    """Return n days in milliseconds."""
-    return int(n * MS_PER_DAY)
+def days(n: float) -> timedelta:
+    """n days."""
+    return timedelta(days=n)
+
+
+def to_ms(d: Duration) -> int:
+    """Milliseconds of a duration (a timedelta, or an int that already is milliseconds)."""
+    if isinstance(d, timedelta):
+        return int(d / timedelta(milliseconds=1))
+    if isinstance(d, int) and not isinstance(d, bool):
+        return d
+    raise SpecError(f"a duration must be a timedelta or int milliseconds, got {d!r}")
 
 
 class SpecError(ValueError):
     """A spec that cannot be compiled: the message says which declaration and why."""
+
+
+class _Lifetime:
+    """The window "every item ever appended" (see :data:`LIFETIME`)."""
+
+    def __repr__(self) -> str:
+        return "LIFETIME"
+
+
+LIFETIME = _Lifetime()
+Window = Duration | _Lifetime
 
 
 # --- record layout ---------------------------------------------------------------
@@ -58,171 +126,159 @@ class Fixed:
 class Repeated:
     """A repeated attribute: events of ``event_type`` append one item each.
 
-    Items older than ``max_age`` ms (relative to the entity's newest item) or beyond
-    the newest ``max_count`` are dropped; lifetime aggregates survive that.
+    After each append, items with ``ts <= newest - retention`` and items beyond the
+    newest ``max_count`` are dropped; lifetime aggregates survive that.
     """
 
     event_type: str
     fields: Mapping[str, Any]
-    max_age: int
+    retention: Duration
     max_count: int = 10_000
+    retention_ms: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retention_ms", to_ms(self.retention))
 
 
-# --- aggregations ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Agg:
-    """An aggregation over items: ``kind`` applied to ``field`` (None for count)."""
-
-    kind: str
-    field: str | None = None
-
-
-def count() -> Agg:
-    """Number of items."""
-    return Agg("count")
-
-
-def sum_(field_name: str) -> Agg:
-    """Sum of a numeric field."""
-    return Agg("sum", field_name)
-
-
-def mean(field_name: str) -> Agg:
-    """Arithmetic mean of a numeric field."""
-    return Agg("mean", field_name)
-
-
-def std(field_name: str) -> Agg:
-    """Population standard deviation (ddof 0) of a numeric field."""
-    return Agg("std", field_name)
-
-
-def zscore(field_name: str) -> Agg:
-    """(current value - mean) / std over the window; 0 when std < ZSCORE_MIN_STD."""
-    return Agg("zscore", field_name)
-
-
-def min_(field_name: str) -> Agg:
-    """Minimum of a numeric field."""
-    return Agg("min", field_name)
-
-
-def max_(field_name: str) -> Agg:
-    """Maximum of a numeric field."""
-    return Agg("max", field_name)
-
-
-def distinct(field_name: str) -> Agg:
-    """Number of distinct values of a field."""
-    return Agg("distinct", field_name)
-
-
-WINDOW_KINDS = {"count", "sum", "mean", "std", "zscore", "min", "max", "distinct"}
-LIFETIME_KINDS = {"count", "sum", "mean", "min", "max"}
-ZSCORE_MIN_STD = 1e-9
-
-
-@dataclass(frozen=True)
-class SameAsCurrent:
-    """Filter: only items whose ``field`` equals the current event's."""
-
-    field: str
-
-
-def same_as_current(field_name: str) -> SameAsCurrent:
-    """Keep only items with the same value of ``field_name`` as the current event."""
-    return SameAsCurrent(field_name)
-
-
-# --- features ----------------------------------------------------------------------
+# --- feature declarations (what a user writes) -------------------------------------
 
 
 @dataclass(frozen=True)
 class Current:
-    """A numeric attribute of the current event, as is."""
+    """The scored event's own ``field`` as a float (bool -> 1.0/0.0); named ``name`` or the field."""
 
-    name: str
     field: str
+    name: str | None = None
 
 
 @dataclass(frozen=True)
-class Window:
-    """An aggregation over the items of ``repeated`` in (t - length, t]."""
+class Aggregation:
+    """``agg`` over the items of ``repeated``, one feature per window (in order).
 
-    name: str
-    repeated: str
-    length: int
-    agg: Agg
-    where: SameAsCurrent | None = None
+    A window is a duration (items in ``(t - w, t]``) or ``LIFETIME``. Names are
+    ``names`` when given, else ``{prefix}_{suffix}``: ``prefix`` is ``name`` or the
+    aggregation's default (``{repeated}_count``, ``{field}_{op}``), ``suffix`` the
+    window (``lifetime``, ``7d``, ``24h``, ``30m``, ``90s``).
+    """
 
-
-@dataclass(frozen=True)
-class Lifetime:
-    """An aggregation over every item ever appended (kept in the record, survives retention)."""
-
-    name: str
     repeated: str
     agg: Agg
+    windows: Sequence[Window]
+    where: Filter | Sequence[Filter] | None = None
+    name: str | None = None
+    names: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
-class TimeSincePrevious:
-    """Seconds since the previous item of ``repeated`` (NaN for the first)."""
+class TimeSince:
+    """Seconds from the newest qualifying earlier item of ``repeated`` to the scored event."""
 
-    name: str
     repeated: str
+    where: Filter | Sequence[Filter] | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
 class Derived:
-    """A custom pure function ``fn(event, fixed) -> float``; fixed is a dict of fixed attributes."""
+    """A pure function ``fn(event, fixed)`` or ``fn(event, fixed, record)`` -> float."""
 
     name: str
     fn: Callable[..., float]
 
 
-Feature = Current | Window | Lifetime | TimeSincePrevious | Derived
+Declaration = Current | Aggregation | TimeSince | Derived
 
 
 @dataclass(frozen=True)
-class Spec:
-    """The whole declaration: entity, record layout, scored event type and features."""
+class Scored:
+    """A scored event type (a repeated attribute's) and its feature columns, in order."""
 
+    event_type: str
+    features: Sequence[Declaration]
+
+
+# --- features (what the engine computes: one per column) ---------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One column of a scored type's rows."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CurrentFeature(Feature):
+    field: str
+
+
+@dataclass(frozen=True)
+class AggregateFeature(Feature):
+    """``agg`` over ``repeated`` in ``(t - length, t]``, or every item ever when length is None."""
+
+    repeated: str
+    agg: Agg
+    length: int | None
+    where: tuple[Filter, ...]
+
+
+@dataclass(frozen=True)
+class TimeSinceFeature(Feature):
+    repeated: str
+    where: tuple[Filter, ...]
+
+
+@dataclass(frozen=True)
+class DerivedFeature(Feature):
+    fn: Callable[..., float]
+    with_record: bool  # fn takes (event, fixed, record)
+
+
+# --- the spec ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """The whole declaration: entity, record layout, scored event types and their features."""
+
+    name: str = ""
     entity: str
     key: str
     fixed: Fixed
     repeated: Mapping[str, Repeated]
-    score_on: str
-    features: list[Feature] = field(default_factory=list)
-    name: str = ""
-    # How far behind its entity's newest event an event may arrive and still be
+    scored: Sequence[Scored]
+    # How far behind its attribute's newest item an event may arrive and still be
     # placed in its windows; older ones are rejected (late) rather than mis-counted.
-    allowed_lateness: int = 0
+    allowed_lateness: Duration = 0
+    lateness_ms: int = field(init=False, repr=False, compare=False)
+    _features: dict[str, list[Feature]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _validate(self)
+        object.__setattr__(self, "lateness_ms", to_ms(self.allowed_lateness))
+        object.__setattr__(self, "_features", _expand_all(self))
+
+    @property
+    def scored_types(self) -> list[str]:
+        """The scored event types, in declaration order."""
+        return [s.event_type for s in self.scored]
+
+    def features_of(self, event_type: str) -> list[Feature]:
+        """The features of a scored type, in column order."""
+        try:
+            return self._features[event_type]
+        except KeyError:
+            raise SpecError(f"{event_type!r} is not a scored type (scored: {self.scored_types})") from None
+
+    def feature_names_of(self, event_type: str) -> list[str]:
+        """Column order of the rows of a scored type."""
+        return [f.name for f in self.features_of(event_type)]
 
     @property
     def feature_names(self) -> list[str]:
-        """Feature names in spec order: the column order of every feature row."""
-        return [f.name for f in self.features]
-
-    # --- SHIM (issue 17 plumbing): the contract's multi-type accessors over the
-    # single-type spec. The lead drops this at merge for entities' real implementation.
-    @property
-    def scored_types(self) -> list[str]:
-        """SHIM: the scored event types, in order (here: only ``score_on``)."""
-        return [self.score_on]
-
-    def feature_names_of(self, event_type: str) -> list[str]:
-        """SHIM: feature names of ``event_type``'s rows; SpecError for a type that is not scored."""
-        if event_type != self.score_on:
-            raise SpecError(f"{event_type!r} is not a scored event type (scored: {self.scored_types})")
-        return self.feature_names
-
-    # --- end of SHIM
+        """The feature names of the only scored type (SpecError if there are several)."""
+        if len(self.scored) != 1:
+            raise SpecError(f"the spec scores several types {self.scored_types}: use feature_names_of(type)")
+        return self.feature_names_of(self.scored[0].event_type)
 
     @property
     def event_types(self) -> dict[str, Fixed | Repeated]:
@@ -232,34 +288,28 @@ class Spec:
             types[rep.event_type] = rep
         return types
 
-    @property
-    def scored_repeated(self) -> str:
-        """Name of the repeated attribute appended by the scored event type."""
-        return next(n for n, r in self.repeated.items() if r.event_type == self.score_on)
-
-    @property
-    def max_window(self) -> int:
-        """The longest window in ms (0 when there is none)."""
-        return max((f.length for f in self.features if isinstance(f, Window)), default=0)
+    def repeated_of(self, event_type: str) -> str:
+        """Name of the repeated attribute that events of ``event_type`` append to."""
+        return next(n for n, r in self.repeated.items() if r.event_type == event_type)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description; the basis of the hash."""
         return {
+            "name": self.name,
             "entity": self.entity,
             "key": self.key,
-            "score_on": self.score_on,
-            "allowed_lateness": self.allowed_lateness,
+            "allowed_lateness_ms": self.lateness_ms,
             "fixed": {"event_type": self.fixed.event_type, "fields": _types(self.fixed.fields)},
             "repeated": {
                 name: {
                     "event_type": r.event_type,
                     "fields": _types(r.fields),
-                    "max_age": r.max_age,
+                    "retention_ms": r.retention_ms,
                     "max_count": r.max_count,
                 }
                 for name, r in self.repeated.items()
             },
-            "features": [_describe_feature(f) for f in self.features],
+            "scored": {t: [_describe_feature(f) for f in fs] for t, fs in self._features.items()},
         }
 
     def hash(self) -> str:
@@ -270,7 +320,13 @@ class Spec:
     def layout_hash(self) -> str:
         """Hash of the record layout only: records stay readable while features change."""
         d = self.describe()
-        text = json.dumps([d["fixed"], d["repeated"]], sort_keys=True)
+        # Retention is hashed under its former name, so that records stored before
+        # it was renamed (same layout) stay readable.
+        repeated = {
+            name: {("max_age" if k == "retention_ms" else k): v for k, v in r.items()}
+            for name, r in d["repeated"].items()
+        }
+        text = json.dumps([d["fixed"], repeated], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -279,54 +335,188 @@ def _types(fields: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _describe_feature(f: Feature) -> dict[str, Any]:
-    if isinstance(f, Derived):
-        return {"type": "Derived", "name": f.name, "source": inspect.getsource(f.fn)}
-    out: dict[str, Any] = {"type": type(f).__name__}
-    for k, v in vars(f).items():
-        out[k] = vars(v) if hasattr(v, "__dataclass_fields__") else v
+    out: dict[str, Any] = {"type": type(f).__name__, "name": f.name}
+    if isinstance(f, DerivedFeature):
+        out["source"] = inspect.getsource(f.fn)
+    elif isinstance(f, CurrentFeature):
+        out["field"] = f.field
+    else:
+        assert isinstance(f, (AggregateFeature, TimeSinceFeature))
+        out["repeated"] = f.repeated
+        out["where"] = [w.describe() for w in f.where]
+        if isinstance(f, AggregateFeature):
+            out["agg"] = {"op": f.agg.op, "field": f.agg.field}
+            out["window_ms"] = "lifetime" if f.length is None else f.length
     return out
 
 
-def _validate(spec: Spec) -> None:
-    names = spec.feature_names
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise SpecError(f"feature names must be unique, repeated: {sorted(dup)}")
+# --- expansion and checks ----------------------------------------------------------
+
+
+def base_type(t: Any) -> Any:
+    """A field type without its ``Annotated`` constraints."""
+    return get_args(t)[0] if get_origin(t) is Annotated else t
+
+
+def is_numeric(t: Any) -> bool:
+    """Whether a field type reads as a number (bool counts: 1.0 / 0.0)."""
+    return base_type(t) in (int, float, bool)
+
+
+def _type_name(t: Any) -> str:
+    t = base_type(t)
+    return getattr(t, "__name__", repr(t))
+
+
+def _text(ms: int) -> str:
+    """A duration for messages: ``31 days, 0:00:00``."""
+    return str(timedelta(milliseconds=ms))
+
+
+def window_suffix(ms: int) -> str:
+    """The name suffix of a window: ``7d`` (whole days, >= 2), ``24h``, ``30m``, ``90s``, else ms."""
+    day, hour, minute, second = 86_400_000, 3_600_000, 60_000, 1_000
+    if ms % day == 0 and ms >= 2 * day:
+        return f"{ms // day}d"
+    for unit, letter in ((hour, "h"), (minute, "m"), (second, "s")):
+        if ms % unit == 0:
+            return f"{ms // unit}{letter}"
+    return f"{ms}ms"
+
+
+def _expand_all(spec: Spec) -> dict[str, list[Feature]]:
     kinds = [spec.fixed.event_type, *(r.event_type for r in spec.repeated.values())]
     if len(set(kinds)) != len(kinds):
         raise SpecError(f"each event type may update one part of the record: {kinds}")
-    if spec.score_on not in {r.event_type for r in spec.repeated.values()}:
-        raise SpecError(f"score_on={spec.score_on!r} must be the event type of a repeated attribute")
-    scored_fields = spec.repeated[spec.scored_repeated].fields
-    for f in spec.features:
-        where = f"feature {f.name!r}"
-        if isinstance(f, Current) and f.field not in scored_fields:
-            raise SpecError(f"{where}: {f.field!r} is not a field of {spec.score_on!r} events")
-        if not isinstance(f, (Window, Lifetime, TimeSincePrevious)):
-            continue
-        rep = spec.repeated.get(f.repeated)
+    if spec.lateness_ms < 0:
+        raise SpecError("allowed_lateness must not be negative")
+    for name, rep in spec.repeated.items():
+        if rep.retention_ms <= 0 or rep.max_count < 1:
+            raise SpecError(f"repeated {name!r}: retention and max_count must be positive")
+    out: dict[str, list[Feature]] = {}
+    for scored in spec.scored:
+        t = scored.event_type
+        if t in out:
+            raise SpecError(f"scored type {t!r} is declared twice")
+        if t not in {r.event_type for r in spec.repeated.values()}:
+            types = [r.event_type for r in spec.repeated.values()]
+            raise SpecError(f"unknown scored type {t!r}: not the event type of a repeated attribute {types}")
+        features = [f for d in scored.features for f in _expand(spec, t, d)]
+        names = [f.name for f in features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SpecError(f"scored {t!r}: feature names must be unique, repeated: {dup}")
+        out[t] = features
+    return out
+
+
+def _expand(spec: Spec, scored_type: str, d: Any) -> list[Feature]:
+    own_name = spec.repeated_of(scored_type)
+    own = spec.repeated[own_name].fields
+    at = f"scored {scored_type!r}: {type(d).__name__}"
+    if isinstance(d, Current):
+        where = f"{at}({d.field!r})"
+        if d.field not in own:
+            raise SpecError(f"{where}: unknown field {d.field!r} of {scored_type!r} events {list(own)}")
+        if not is_numeric(own[d.field]):
+            raise SpecError(f"{where}: field {d.field!r} is not numeric ({_type_name(own[d.field])})")
+        return [CurrentFeature(d.name or d.field, d.field)]
+    if isinstance(d, Derived):
+        return [DerivedFeature(d.name, d.fn, _derived_arity(f"{at}({d.name!r})", d.fn) == 3)]
+    if isinstance(d, (Aggregation, TimeSince)):
+        rep = spec.repeated.get(d.repeated)
         if rep is None:
-            raise SpecError(f"{where}: unknown repeated attribute {f.repeated!r}")
-        if isinstance(f, (Window, Lifetime)):
-            allowed = WINDOW_KINDS if isinstance(f, Window) else LIFETIME_KINDS
-            if f.agg.kind not in allowed:
-                raise SpecError(f"{where}: aggregation {f.agg.kind!r} not one of {sorted(allowed)}")
-            if f.agg.field is not None and f.agg.field not in rep.fields:
-                raise SpecError(f"{where}: {f.agg.field!r} is not a field of {f.repeated!r}")
-        if isinstance(f, Window):
-            if f.length <= 0:
-                raise SpecError(f"{where}: window length must be positive")
-            if f.length + spec.allowed_lateness > rep.max_age:
+            raise SpecError(f"{at}: unknown repeated attribute {d.repeated!r} (have {list(spec.repeated)})")
+        filters = _filters(f"{at}({d.repeated!r})", d.where, rep, d.repeated, own, scored_type)
+        if isinstance(d, TimeSince):
+            default = "prev" if d.repeated == own_name else "last"
+            return [TimeSinceFeature(d.name or f"secs_since_{default}_{rep.event_type}", d.repeated, filters)]
+        return _expand_aggregation(spec, at, d, rep, filters, d.repeated == own_name)
+    raise SpecError(f"scored {scored_type!r}: {d!r} is not a feature declaration")
+
+
+def _filters(
+    at: str,
+    where: Filter | Sequence[Filter] | None,
+    rep: Repeated,
+    rep_name: str,
+    own: Mapping[str, Any],
+    scored_type: str,
+) -> tuple[Filter, ...]:
+    parts = () if where is None else (where,) if isinstance(where, Filter) else tuple(where)
+    for p in parts:
+        if not isinstance(p, Filter):
+            raise SpecError(f"{at}: where={p!r} is not a filter (use col(field) == value or same_as_current)")
+        if p.field not in rep.fields:
+            raise SpecError(f"{at}: filter on unknown field {p.field!r} of {rep_name!r} {list(rep.fields)}")
+        if isinstance(p, SameAsCurrent) and p.field not in own:
+            raise SpecError(f"{at}: same_as_current({p.field!r}), but {scored_type!r} events lack that field")
+        if isinstance(p, Compare):
+            numeric = is_numeric(rep.fields[p.field])
+            if p.op not in ("==", "!=") and not numeric:
+                raise SpecError(f"{at}: {p.describe()} orders a non-numeric field")
+            kind = (int, float) if numeric else base_type(rep.fields[p.field])
+            if isinstance(kind, type | tuple) and not isinstance(p.value, kind):
+                raise SpecError(f"{at}: {p.describe()} compares {p.field!r} to a {type(p.value).__name__}")
+    return parts
+
+
+def _expand_aggregation(
+    spec: Spec, at: str, d: Aggregation, rep: Repeated, where: tuple[Filter, ...], own: bool
+) -> list[Feature]:
+    agg = d.agg
+    at = f"{at}({d.repeated!r}, {agg!r})"
+    if not isinstance(agg, Agg):
+        raise SpecError(f"{at}: {agg!r} is not an aggregation (Count(), Sum(field), ...)")
+    if agg.field is not None:
+        if agg.field not in rep.fields:
+            raise SpecError(f"{at}: unknown field {agg.field!r} of {d.repeated!r} {list(rep.fields)}")
+        if agg.numeric and not is_numeric(rep.fields[agg.field]):
+            kind = _type_name(rep.fields[agg.field])
+            raise SpecError(f"{at}: {type(agg).__name__} needs a numeric field, {agg.field!r} is {kind}")
+    if agg.own_only and not own:
+        raise SpecError(f"{at}: {type(agg).__name__} compares the scored event to its own attribute only")
+    if not d.windows:
+        raise SpecError(f"{at}: no windows")
+    if d.names is not None and len(d.names) != len(d.windows):
+        raise SpecError(f"{at}: {len(d.names)} names for {len(d.windows)} windows")
+    if d.names is not None and d.name is not None:
+        raise SpecError(f"{at}: give name (a prefix) or names (one per window), not both")
+    prefix = d.name or agg.default_prefix(d.repeated)
+    out: list[Feature] = []
+    for i, w in enumerate(d.windows):
+        if isinstance(w, _Lifetime):
+            if not agg.lifetime:
+                raise SpecError(f"{at}: {type(agg).__name__} has no LIFETIME form")
+            length, suffix = None, "lifetime"
+        else:
+            length = to_ms(w)
+            if length <= 0:
+                raise SpecError(f"{at}: window {w!r} must be positive")
+            if length + spec.lateness_ms > rep.retention_ms:
                 raise SpecError(
-                    f"{where}: window {f.length} ms plus allowed lateness "
-                    f"{spec.allowed_lateness} ms exceeds the retention of {f.repeated!r} "
-                    f"({rep.max_age} ms): raise max_age"
+                    f"{at}: window {_text(length)} plus allowed lateness {_text(spec.lateness_ms)} "
+                    f"exceeds the retention of {d.repeated!r} ({_text(rep.retention_ms)}): raise it"
                 )
-            needs_current = f.agg.kind == "zscore" or f.where is not None
-            if needs_current and f.repeated != spec.scored_repeated:
-                raise SpecError(f"{where}: zscore/same_as_current need the scored repeated attribute")
-            if f.where is not None and f.where.field not in rep.fields:
-                raise SpecError(f"{where}: filter field {f.where.field!r} is not in {f.repeated!r}")
+            suffix = window_suffix(length)
+        name = d.names[i] if d.names is not None else f"{prefix}_{suffix}"
+        out.append(AggregateFeature(name, d.repeated, agg, length, where))
+    return out
+
+
+def _derived_arity(at: str, fn: Callable[..., Any]) -> int:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        raise SpecError(f"{at}: {fn!r} is not a function") from None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) != len(positional) or len(positional) not in (2, 3) or len(params) != len(positional):
+        raise SpecError(f"{at}: fn must take (event, fixed) or (event, fixed, record), it takes {params}")
+    return len(positional)
+
+
+# --- loading -----------------------------------------------------------------------
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -352,5 +542,9 @@ def load_spec_module(path: str | Path) -> ModuleType:
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a spec that failed to build is not cached half-made
+        raise
     return module

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from entities.spec import load_spec
+from entities.spec import SpecError, load_spec
 from streams.sources import Rejected
 
 log = logging.getLogger("supernova")
@@ -363,7 +363,11 @@ async def tail_topic(
 
 
 def _describe(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:  # a mistake in the spec: one line, no traceback
+        print(f"error: SpecError: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"hash": spec.hash(), **spec.describe()}, indent=2, default=str))
     return 0
 

@@ -367,7 +367,7 @@ def _other_fixed_layout(spec: Spec) -> Spec:
 def _other_retention(spec: Spec) -> Spec:
     rep = spec.repeated["transactions"]
     return dataclasses.replace(
-        spec, repeated={"transactions": dataclasses.replace(rep, max_age=2 * rep.max_age)}
+        spec, repeated={"transactions": dataclasses.replace(rep, retention=2 * rep.retention)}
     )
 
 
@@ -401,3 +401,9 @@ def test_record_with_items_of_another_repeated_layout_names_the_layout(spec: Spe
     data = engine.codec.encode(engine.records["card"])
     with pytest.raises(RecordError, match="layout"):
         RecordCodec(_other_repeated_field(spec)).decode(data)
+
+
+def test_fraud_record_layout_hash_is_that_of_stores_written_before_issue_17(spec: Spec) -> None:
+    # The spec API changed (retention instead of max_age) but not the record layout:
+    # records already in a store must stay readable.
+    assert spec.layout_hash() == "f75d7c08708fb19e"
