@@ -28,13 +28,12 @@ import pytest
 import entities.spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from feature_compare import compare_columns
 from reference_shop import DAY, FEATURES, HOUR, read_events, reference_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC = REPO_ROOT / "examples" / "shop" / "spec.py"
 USERS, DAYS, SEED = 1_400, 60, 17
-REL_TOL = 1e-9
-ABS_FLOOR = 1e-12
 EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 
 needs_engine = pytest.mark.skipif(
@@ -66,25 +65,6 @@ def shop_reference(shop_frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return reference_features(shop_frame)
 
 
-def _mismatch_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a_nan, b_nan = np.isnan(a), np.isnan(b)
-    both = ~a_nan & ~b_nan
-    diff = np.zeros_like(a)
-    diff[both] = np.abs(a[both] - b[both])
-    scale = np.zeros_like(a)
-    scale[both] = np.maximum(np.abs(a[both]), np.abs(b[both]))
-    return (a_nan != b_nan) | (both & (diff > np.maximum(REL_TOL * scale, ABS_FLOOR)))
-
-
-def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    both = ~np.isnan(a) & ~np.isnan(b)
-    if not both.any():
-        return 0.0
-    d = np.abs(a[both] - b[both])
-    s = np.maximum(np.abs(a[both]), np.abs(b[both]))
-    return float(np.where(s > 0, d / np.where(s > 0, s, 1.0), d).max())
-
-
 @needs_engine
 def test_replay_matches_reference(
     tmp_path: Path, shop_events: Path, shop_reference: dict[str, pd.DataFrame]
@@ -111,17 +91,9 @@ def test_replay_matches_reference(
         np.testing.assert_array_equal(
             got["label"].to_numpy(dtype=np.float64), ref["label"].to_numpy(dtype=np.float64)
         )
-        for name in names:
-            a = got[name].to_numpy(dtype=np.float64)
-            b = ref[name].to_numpy(dtype=np.float64)
-            bad = _mismatch_mask(a, b)
-            nbad = int(bad.sum())
-            total += nbad
-            example = ""
-            if nbad:
-                i = int(np.flatnonzero(bad)[0])
-                example = f"  e.g. {ref['event_id'].iat[i]}: replay={a[i]!r} ref={b[i]!r}"
-            lines.append(f"{etype:<6} {name:<30}{nbad:>11}{_max_rel_diff(a, b):>15.3e}{example}")
+        bad, table = compare_columns(got, ref, names, prefix=f"{etype:<6} ")
+        total += bad
+        lines += table
     print(f"\n{'type':<6} {'feature':<30}{'mismatches':>11}{'max rel diff':>15}")
     print("\n".join(lines))
     assert total == 0, f"{total} feature mismatches:\n" + "\n".join(x for x in lines if " e.g. " in x)

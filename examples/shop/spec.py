@@ -43,6 +43,9 @@ Lat = Annotated[float, Meta(ge=-90.0, le=90.0)]
 Lon = Annotated[float, Meta(ge=-180.0, le=180.0)]
 Amount = Annotated[float, Meta(ge=0.0)]
 EARTH_RADIUS_KM = 6371.0
+# Filters on logins (predicates built by col(), not Python comparisons).
+FAILED = col("success") == False  # noqa: E712
+SUCCEEDED = col("success") == True  # noqa: E712
 
 
 def ship_country_mismatch(event: Event, fixed: Mapping[str, Any]) -> float:
@@ -107,21 +110,12 @@ spec = Spec(
                 Aggregation("orders", Max("amount"), windows=[days(7)]),  # amount_max_7d
                 Aggregation("orders", Distinct("category"), windows=[days(30)]),  # category_distinct_30d
                 Aggregation("logins", Count(), windows=[hours(1)]),  # logins_count_1h
-                Aggregation(
-                    "logins",
-                    Count(),
-                    windows=[hours(24)],
-                    where=col("success") == False,  # noqa: E712
-                    name="failed_logins",
-                ),  # failed_logins_24h
+                # failed_logins_24h
+                Aggregation("logins", Count(), windows=[hours(24)], where=FAILED, name="failed_logins"),
                 Aggregation("logins", Distinct("ip"), windows=[hours(24)]),  # ip_distinct_24h
                 Aggregation("logins", Distinct("device"), windows=[days(7)]),  # device_distinct_7d
                 TimeSince("logins", name="secs_since_last_login"),
-                TimeSince(
-                    "logins",
-                    where=col("success") == True,  # noqa: E712
-                    name="secs_since_last_success_login",
-                ),
+                TimeSince("logins", where=SUCCEEDED, name="secs_since_last_success_login"),
                 Derived("ship_country_mismatch", ship_country_mismatch),
                 Aggregation("orders", Count(), windows=[LIFETIME]),  # orders_count_lifetime
                 Aggregation("logins", Count(), windows=[LIFETIME]),  # logins_count_lifetime
@@ -131,13 +125,8 @@ spec = Spec(
             "login",
             features=[
                 Current("success"),
-                Aggregation(
-                    "logins",
-                    Count(),
-                    windows=[hours(1)],
-                    where=col("success") == False,  # noqa: E712
-                    name="failed_logins",
-                ),  # failed_logins_1h
+                # failed_logins_1h (the current login counts if it failed)
+                Aggregation("logins", Count(), windows=[hours(1)], where=FAILED, name="failed_logins"),
                 Aggregation("logins", Count(), windows=[hours(24)]),  # logins_count_24h
                 Aggregation("logins", Distinct("ip"), windows=[hours(24)]),  # ip_distinct_24h
                 Aggregation("logins", Distinct("device"), windows=[days(30)]),  # device_distinct_30d
