@@ -22,14 +22,13 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from feature_compare import compare_columns
 from reference_fraud import FEATURES, reference_features
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 150,000 rows of fraudTest span ~2 months: 30-day windows evict and same-second
 # ties per card occur (the 20,000-row sample spans 7 days and has none).
 N_ROWS = 150_000 if (REPO_ROOT.parent / "shared" / "data" / "fraudTest.csv.gz").exists() else 20_000
-REL_TOL = 1e-9
-ABS_FLOOR = 1e-12
 
 
 def _fraud_csv() -> Path:
@@ -37,27 +36,6 @@ def _fraud_csv() -> Path:
     if full.exists():
         return full
     return REPO_ROOT / "examples" / "fraud" / "sample.csv.gz"
-
-
-def _mismatch_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a_nan, b_nan = np.isnan(a), np.isnan(b)
-    both = ~a_nan & ~b_nan
-    diff = np.zeros_like(a)
-    diff[both] = np.abs(a[both] - b[both])
-    scale = np.zeros_like(a)
-    scale[both] = np.maximum(np.abs(a[both]), np.abs(b[both]))
-    tol = np.maximum(REL_TOL * scale, ABS_FLOOR)
-    return (a_nan != b_nan) | (both & (diff > tol))
-
-
-def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    both = ~np.isnan(a) & ~np.isnan(b)
-    if not both.any():
-        return 0.0
-    d = np.abs(a[both] - b[both])
-    s = np.maximum(np.abs(a[both]), np.abs(b[both]))
-    rel = np.where(s > 0, d / np.where(s > 0, s, 1.0), d)
-    return float(rel.max())
 
 
 def test_replay_matches_reference(tmp_path: Path) -> None:
@@ -102,25 +80,10 @@ def test_replay_matches_reference(tmp_path: Path) -> None:
         "20,000 rows are written with a leading zero in the CSV)"
     )
 
-    rows = []
-    total = 0
-    for name in FEATURES:
-        a = got[name].to_numpy(dtype=np.float64)
-        b = ref[name].to_numpy(dtype=np.float64)
-        bad = _mismatch_mask(a, b)
-        nbad = int(bad.sum())
-        total += nbad
-        example = ""
-        if nbad:
-            i = int(np.flatnonzero(bad)[0])
-            example = f"  e.g. {ref['event_id'].iat[i]}: replay={a[i]!r} ref={b[i]!r}"
-        rows.append((name, nbad, _max_rel_diff(a, b), example))
-
-    print(f"\n{'feature':<24}{'mismatches':>11}{'max rel diff':>15}")
-    for name, nbad, mrd, example in rows:
-        print(f"{name:<24}{nbad:>11}{mrd:>15.3e}{example}")
-
-    assert total == 0, f"{total} feature mismatches: " + ", ".join(f"{n}={k}" for n, k, _, _ in rows if k)
+    total, lines = compare_columns(got, ref, FEATURES)
+    print(f"\n{'feature':<30}{'mismatches':>11}{'max rel diff':>15}")
+    print("\n".join(lines))
+    assert total == 0, f"{total} feature mismatches:\n" + "\n".join(x for x in lines if " e.g. " in x)
     np.testing.assert_array_equal(
         got["label"].to_numpy(dtype=np.float64), ref["label"].to_numpy(dtype=np.float64)
     )
