@@ -242,13 +242,12 @@ async def stream(args: argparse.Namespace, example: Example, bootstrap: str, run
     labels: dict[str, float] = {}
     amounts: dict[str, float] = {}
     started = time.monotonic()
-    expected = 0
+    expected: set[str] = set()  # event ids: a duplicate (same id again) gets no second score
 
     def tracked() -> Iterator[Event | Rejected]:
-        nonlocal expected
         for event in events:
             if isinstance(event, Event) and event.type in scored_types:
-                expected += 1
+                expected.add(event.event_id)
                 labels[event.event_id] = event.label or 0.0
                 amount = example.amount.get(event.type)
                 if amount is not None:
@@ -297,7 +296,7 @@ async def stream(args: argparse.Namespace, example: Example, bootstrap: str, run
         tailer = asyncio.create_task(tail(bootstrap, f"{run_id}.scores", on_score, from_beginning=True))
         events_topic = f"{run_id}.events"
         await produce(bootstrap, events_topic, codec, tracked(), rate=args.rate, on_progress=on_produced)
-        while state["scored"] < expected and time.monotonic() - started < 600:
+        while state["scored"] < len(expected) and time.monotonic() - started < 600:
             live.update(view())
             await asyncio.sleep(0.25)
         tailer.cancel()
@@ -305,7 +304,7 @@ async def stream(args: argparse.Namespace, example: Example, bootstrap: str, run
     elapsed = time.monotonic() - started
     per_type = ", ".join(f"{n:,} {k}" for k, n in sorted(by_type.items()))
     console.print(
-        f"scored {state['scored']:,} of {expected:,} events ({per_type}) in {elapsed:.1f} s "
+        f"scored {state['scored']:,} of {len(expected):,} events ({per_type}) in {elapsed:.1f} s "
         f"({state['scored'] / elapsed:,.0f} events/s end to end, producer included); "
         f"{state['alerts']:,} alerts caught {state['caught']:,} of {state['frauds']:,} frauds"
     )
