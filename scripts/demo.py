@@ -183,13 +183,13 @@ def ensure_backtest(args: argparse.Namespace, example: Example, model: Path) -> 
     from streams.replay import output_paths, replay
     from streams.sources import slice_columns
 
-    out = args.out / "backtest-with-history" / model.name
+    warmup = _history(args, example)
+    out = args.out / ("backtest-with-history" if warmup else "backtest") / model.name
     if (out / "report.html").exists():
         return out / "report.html"
     spec = load_spec(example.spec)
     features_dir = args.out / "test-features"
     event_type = read_manifest(model).event_type
-    warmup = _history(args, example)
     if not getattr(args, "test_replayed", False):  # once per run: every scored type's rows at once
         args.test_replayed = True
         console.print(f"[bold]backtest[/]: replaying {args.input} after {warmup or 'no history'}")
