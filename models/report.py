@@ -98,7 +98,10 @@ def render(result: Backtest) -> str:
                     f"{_slice_table(models, col)}</details>"
                 )
     else:
-        parts.append("<p class='note'>Slices skipped: run the backtest with <code>--source-csv</code>.</p>")
+        parts.append(
+            "<p class='note'>No slices: run the backtest with "
+            "<code>--slice-by COL --source FILE [--adapter A.py]</code>.</p>"
+        )
     importance = {r: mm["trained"]["metrics"].get("feature_importance_gain") for r, mm in models.items()}
     if any(importance.values()):
         parts += ["<h2>Feature importance (gain, from training)</h2>", _img(_importance_figure(importance))]
