@@ -247,13 +247,10 @@ def test_spec_changes_keep_or_refuse_the_records(kafka_broker, slices, tmp_path:
     assert _bootstrap(bs, app, slices["history"]) == 0
     d = tmp_path / "specs"
     features = _spec_variant(d, "features", '\n\nTXN = "transactions"', NEW_FEATURE)
-    features.write_text(
-        features.read_text().replace(
-            '        Derived("dist_km_home_merchant", dist_km_home_merchant),\n',
-            '        Derived("dist_km_home_merchant", dist_km_home_merchant),\n'
-            '        Derived("amt_cents", amt_cents),\n',
-        )
-    )
+    last = 'Derived("dist_km_home_merchant", dist_km_home_merchant),'
+    text = features.read_text()
+    assert text.count(last) == 1
+    features.write_text(text.replace(last, f'{last} Derived("amt_cents", amt_cents),'))
     layout = _spec_variant(
         d, "layout", '            "job": Text,\n', '            "job": Text,\n            "tier": Text,\n'
     )

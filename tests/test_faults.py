@@ -67,9 +67,14 @@ def _publish_in_background(bootstrap: str, topic: str, evs: list[Event], rate: f
     return t
 
 
-def _scores(bootstrap: str, topic: str, expect: int, timeout: float = 240) -> list[ScoreMessage]:
-    """Scores until ``expect`` distinct events are scored (duplicates do not count)."""
-    messages = read_topic(bootstrap, topic, expect, timeout, unique=_event_id)
+def _scores(
+    bootstrap: str, topic: str, expect: int, timeout: float = 240, committed: bool = False
+) -> list[ScoreMessage]:
+    """Scores until ``expect`` distinct events are scored (duplicates do not count).
+
+    With ``committed``, as a read_committed consumer sees them (what exactly-once promises).
+    """
+    messages = read_topic(bootstrap, topic, expect, timeout, unique=_event_id, committed=committed)
     return [msgspec.json.decode(m.value, type=ScoreMessage) for m in messages]
 
 
@@ -173,18 +178,7 @@ def test_kill_9_five_times(kafka_broker, model: Path, events, tmp_path: Path, ex
 
 def _scores_committed(bootstrap: str, topic: str, expect: int) -> list[ScoreMessage]:
     """Scores as a read_committed consumer sees them."""
-    import streaming
-
-    original = streaming.AIOKafkaConsumer
-
-    def committed(*args, **kwargs):  # type: ignore[no-untyped-def]
-        return original(*args, isolation_level="read_committed", **kwargs)
-
-    streaming.AIOKafkaConsumer = committed  # type: ignore[assignment]
-    try:
-        return _scores(bootstrap, topic, expect)
-    finally:
-        streaming.AIOKafkaConsumer = original  # type: ignore[assignment]
+    return _scores(bootstrap, topic, expect, committed=True)
 
 
 def test_rocksdb_deleted_between_restarts(kafka_broker, model: Path, events, tmp_path: Path) -> None:

@@ -230,7 +230,9 @@ class Corpus:
                 v = v.replace(f'"{field}":0.0'.encode(), f'"{field}":{literal}'.encode())
             else:
                 v = v.replace(b",", b",,", 1)
-            return Bad("invalid JSON", t.key, v, r"malformed|truncated|Expected")
+            # msgspec validates as it parses: a quote dropped after the event type's tag
+            # ("type":"profile,"ts":...) is reported as that tag's invalid value first.
+            return Bad("invalid JSON", t.key, v, r"malformed|truncated|Expected|field 'type': Invalid value")
 
         return draw()
 
