@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,15 @@ from entities.spec import (
 )
 
 REL_TOL = 1e-9
+# `make test-fast` runs a quarter of the examples (SUPERNOVA_TEST_FAST=1); `make test`, all.
+FAST = os.environ.get("SUPERNOVA_TEST_FAST") == "1"
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples of a property: ``n``, or a quarter of it in the fast run."""
+    return max(25, n // 4) if FAST else n
+
+
 ABS_FLOOR = 1e-12
 NAN = math.nan
 BASE_TS = 1_600_000_000_000
@@ -375,7 +385,7 @@ def check_record(engine: Engine, ref: Reference, entity_id: str) -> None:
 # --- the property ------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_incremental_equals_from_scratch(scenario: tuple[Config, list[Op]]) -> None:
     cfg, seq = scenario
@@ -498,7 +508,7 @@ def many_entities(draw: st.DrawFn) -> tuple[Config, list[Op]]:
     ]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=many_entities())
 def test_a_batch_grouped_by_entity_equals_event_by_event(scenario: tuple[Config, list[Op]]) -> None:
     """``Engine.process`` regroups a batch by entity: same results, in arrival order."""
