@@ -73,8 +73,7 @@ def test_replay_matches_reference(
 
     out = tmp_path / "features"
     replay(SPEC, shop_events, features_out=out)
-    lines = []
-    total = 0
+    compared = []
     for etype, names in FEATURES.items():
         path = out / f"{etype}.parquet"
         assert path.exists(), f"replay did not write {path}; it wrote {sorted(p.name for p in out.iterdir())}"
@@ -91,12 +90,8 @@ def test_replay_matches_reference(
         np.testing.assert_array_equal(
             got["label"].to_numpy(dtype=np.float64), ref["label"].to_numpy(dtype=np.float64)
         )
-        bad, table = compare_columns(got, ref, names, prefix=f"{etype:<6} ")
-        total += bad
-        lines += table
-    print(f"\n{'type':<6} {'feature':<30}{'mismatches':>11}{'max rel diff':>15}")
-    print("\n".join(lines))
-    assert total == 0, f"{total} feature mismatches:\n" + "\n".join(x for x in lines if " e.g. " in x)
+        compared.append((etype, got, ref))
+    _assert_features_match(compared)
 
 
 @needs_engine
@@ -127,15 +122,24 @@ def test_engine_in_file_order_matches_reference(shop_events: Path, shop_frame: p
             late += was_late
     assert late >= 100, f"only {late} late events were scored"
     reference = reference_features(shop_frame, arrival="file")
-    total, lines = 0, []
+    compared = []
     for etype, names in FEATURES.items():
         got = pd.DataFrame(rows[etype], columns=["event_id", "entity_id", "ts", *names])
         ref = reference[etype]
         assert list(got["event_id"]) == list(ref["event_id"])  # same events, same arrival order
-        bad, table = compare_columns(got, ref, names, prefix=f"{etype:<6} ")
+        compared.append((etype, got, ref))
+    print(f"\n{late:,} late events scored")
+    _assert_features_match(compared)
+
+
+def _assert_features_match(compared: list[tuple[str, pd.DataFrame, pd.DataFrame]]) -> None:
+    """Every feature of each (type, engine rows, oracle rows) within tolerance; prints the table."""
+    total, lines = 0, []
+    for etype, got, ref in compared:
+        bad, table = compare_columns(got, ref, FEATURES[etype], prefix=f"{etype:<6} ")
         total += bad
         lines += table
-    print(f"\n{late:,} late events scored; {'type':<6} {'feature':<30}{'mismatches':>11}{'max rel diff':>15}")
+    print(f"\n{'type':<6} {'feature':<30}{'mismatches':>11}{'max rel diff':>15}")
     print("\n".join(lines))
     assert total == 0, f"{total} feature mismatches:\n" + "\n".join(x for x in lines if " e.g. " in x)
 
