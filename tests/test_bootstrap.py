@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -93,6 +94,20 @@ def _get_json(worker: WorkerProcess, path: str) -> Any:
         return json.loads(exc.read())
 
 
+def _entity_views(workers: tuple[WorkerProcess, ...], entity: str, timeout: float = 30) -> list[Any]:
+    """Each worker's answer for an entity, once one of them holds it.
+
+    A rebalance (a member slow to heartbeat on a loaded machine) leaves the entity's
+    partition with no owner for a moment, and both answer 404: ask again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        views = [_get_json(w, f"/entities/{entity}") for w in workers]
+        if any(v and "entity_id" in v for v in views) or time.monotonic() > deadline:
+            return views
+        time.sleep(0.5)
+
+
 def _live_events(live: Path) -> list[Event]:
     _, items = file_events(SPEC, live, None, adapter=ADAPTER)
     return [e for e in items if isinstance(e, Event)]
@@ -162,7 +177,7 @@ def test_two_workers_after_bootstrap_score_like_replay_with_warmup(
         scores = _scores(bs, a.topics["scores"], LIVE_ROWS)
         metrics = [w.get("/metrics") for w in (a, b)]
         entity = next(e.entity_id for e in reversed(second) if e.type == "transaction")
-        views = [_get_json(w, f"/entities/{entity}") for w in (a, b)]
+        views = _entity_views((a, b), entity)
     finally:
         a.stop()
         b.stop()
