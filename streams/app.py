@@ -6,7 +6,8 @@ the app, because faust's per-event stream path costs more per message than the w
 batch loop does per event (docs/performance.md).
 
 HTTP (bound to 127.0.0.1 unless told otherwise):
-``GET /health``, ``GET /metrics`` (Prometheus), ``GET /entities/{entity_id}``.
+``GET /health``, ``GET /metrics`` (Prometheus), ``GET /entities/{entity_id}`` (with a
+bearer token when the worker has one: streams/security.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import faust
 from mode import Service
 
+from streams.security import authorized
 from streams.worker import BatchWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,13 @@ def create_app(
     http_host: str = "127.0.0.1",
     http_port: int = 6066,
     on_timer: Callable[[], Any] | None = None,
+    http_token: str | None = None,
 ) -> faust.App:
-    """A faust App whose service runs ``worker`` and whose web server exposes it."""
+    """A faust App whose service runs ``worker`` and whose web server exposes it.
+
+    With ``http_token``, ``/entities`` answers only requests that carry it as a
+    bearer token (401 otherwise); ``/health`` and ``/metrics`` stay open.
+    """
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         cfg.app_id,
@@ -107,6 +114,12 @@ def create_app(
 
     @app.page("/entities/{entity_id}")
     async def entity(web: Any, request: Any, entity_id: str) -> Any:
+        if not authorized(request.headers.get("Authorization"), http_token):
+            return web.json(
+                {"error": "/entities needs the bearer token of --http-token-file"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         found = worker.entity(entity_id)
         if found is None:
             return web.json({"error": worker.not_found(entity_id)}, status=404)
