@@ -22,6 +22,7 @@ import pytest
 
 # Make the helpers in tests/ importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from secure_kafka import SecureBroker
 from streaming import ADAPTER, SAMPLE, SPEC
 
 from entities.spec import Spec, load_spec
@@ -38,6 +39,17 @@ def pytest_configure(config: pytest.Config) -> None:
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """One real broker for the whole session; tests must use their own topics."""
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A second broker, SASL_SSL with ACLs, started only for the tests that ask for it."""
+    broker = SecureBroker(tmp_path_factory.mktemp("kafka-secure"))
     try:
         broker.start()
         yield broker

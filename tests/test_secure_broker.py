@@ -1,0 +1,103 @@
+"""The worker, ``produce`` and ``tail`` on a SASL_SSL broker with ACLs (issue 20).
+
+Each client logs in as its own least-privileged user (docs/operations.md lists
+the grants); passwords reach them by reference (``{"file": ...}``) and must never
+appear in their output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pyarrow.parquet as pq
+import pytest
+from aiokafka.admin import NewTopic
+from secure_kafka import SecureBroker, grant_worker
+from streaming import ADAPTER, REPO, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+
+from entities.spec import Spec
+from streams.kafka_io import CHANGELOG_CONFIG, ensure_topics
+from streams.messages import ScoreMessage
+from streams.replay import replay
+
+pytestmark = pytest.mark.kafka
+N_ROWS = 5_000
+
+
+def create_topics(broker: SecureBroker, worker: WorkerProcess) -> None:
+    """As the operator (admin) would: the worker's principal may not create topics."""
+    t, n = worker.topics, worker.partitions
+    topics = [NewTopic(t[k], n, 1) for k in ("events", "scores", "dlq")]
+    topics.append(NewTopic(t["changelog"], n, 1, topic_configs=CHANGELOG_CONFIG))
+    asyncio.run(ensure_topics(broker.bootstrap, topics, broker.settings("admin")))
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``supernova ARGS`` as a child process."""
+    cmd = [sys.executable, "-m", "streams.cli", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def passwords(broker: SecureBroker) -> list[str]:
+    return [broker.secret(u).read_text().strip() for u in ("admin", "worker", "producer", "reader")]
+
+
+def test_worker_produce_and_tail_on_sasl_ssl_with_acls_score_as_replay(
+    secure_kafka: SecureBroker, spec: Spec, sample_features: Path, tmp_path: Path
+) -> None:
+    model = train_small_model(spec, sample_features, tmp_path / "model")
+    replay(
+        SPEC,
+        SAMPLE,
+        adapter=ADAPTER,
+        limit=N_ROWS,
+        models=[model],
+        features_out=tmp_path / "features.parquet",
+        scores_out=tmp_path / "scores.parquet",
+    )
+    want = pq.read_table(tmp_path / "scores.parquet").to_pandas().set_index("event_id")["score"]
+
+    b = secure_kafka
+    worker_config = b.config_file("worker", tmp_path / "worker.json")
+    worker = WorkerProcess(
+        b.bootstrap, model, tmp_path / "data", extra=["--kafka-config", str(worker_config)]
+    )
+    t = worker.topics
+    create_topics(b, worker)
+    grant_worker(b, worker.prefix, t)
+    b.allow("producer", ["Write", "Describe"], ["--topic", t["events"]])
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
+
+    worker.start()
+    try:
+        produced = cli(
+            "produce", "--spec", str(SPEC), "--input", str(SAMPLE), "--adapter", str(ADAPTER),
+            "--limit", str(N_ROWS), "--topic", t["events"], "--bootstrap", b.bootstrap,
+            "--kafka-config", str(b.config_file("producer", tmp_path / "producer.json")),
+        )  # fmt: skip
+        assert produced.returncode == 0, produced.stderr
+        assert produced.stdout.startswith("produced "), produced.stdout
+        messages = read_topic(b.bootstrap, t["scores"], expect=N_ROWS, kafka=b.settings("reader"))
+        tailed = cli(
+            "tail", t["scores"], "--from-beginning", "--limit", "5", "--bootstrap", b.bootstrap,
+            "--kafka-config", str(b.config_file("reader", tmp_path / "reader.json")),
+        )  # fmt: skip
+    finally:
+        worker.stop()
+
+    scores = [msgspec.json.decode(m.value, type=ScoreMessage) for m in messages]
+    assert len({s.event_id for s in scores}) == len(scores) == N_ROWS
+    worst = max(abs(s.score - want[s.event_id]) for s in scores)
+    assert worst <= 1e-12, worst
+
+    assert tailed.returncode == 0, tailed.stderr
+    tailed_scores = [msgspec.json.decode(line, type=ScoreMessage) for line in tailed.stdout.splitlines()]
+    assert len(tailed_scores) == 5
+
+    assert worker.log_path is not None
+    said = worker.log_path.read_text() + produced.stdout + produced.stderr + tailed.stderr
+    assert not [p for p in passwords(b) if p in said], "a password was logged"
