@@ -12,6 +12,7 @@ bearer token when the worker has one: streams/security.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -19,9 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.security import authorized
+from streams.security import authorized, refusal
 from streams.worker import BatchWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,34 @@ def create_app(
         """Runs the batch loop for as long as the app runs."""
 
         async def on_start(self) -> None:
-            await worker.start()
+            try:
+                await worker.start()
+            except KafkaError as exc:
+                # A client that did start (or half did) is closed here: nothing else will.
+                for client in (worker.consumer, worker.changelog_producer, worker.producer):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await client.stop()
+                _stop_if_refused(exc)
+                raise
             self.add_future(self._run())
 
         async def _run(self) -> None:
-            await worker.run(lambda: self.should_stop)
+            try:
+                await worker.run(lambda: self.should_stop)
+            except KafkaError as exc:
+                _stop_if_refused(exc)
+                raise
             if worker.fatal:  # refused (e.g. records of another layout): stop the app, the CLI says why
                 os.kill(os.getpid(), signal.SIGTERM)
+
+    def _stop_if_refused(exc: KafkaError) -> None:
+        """An ACL refusal stops the worker with one line (the CLI prints ``worker.fatal``)."""
+        why = refusal(exc)
+        if why is not None:
+            worker.fatal = why
+            log.error("%s", why)
+            os.kill(os.getpid(), signal.SIGTERM)
 
         async def on_stop(self) -> None:
             await worker.stop()

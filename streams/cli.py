@@ -230,7 +230,9 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
 
     A refused file (world-readable, a secret that is not there) ends the command with one line.
     """
-    from streams.security import SecurityError, load_kafka_config
+    import asyncio
+
+    from streams.security import SecurityError, check_login, load_kafka_config
 
     if not args.kafka_config:
         return {}
@@ -250,7 +252,12 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
             keyfile=files.get("ssl_keyfile"),
         )
         assert isinstance(config["ssl_context"], ssl.SSLContext)
-    return config  # type: ignore[no-any-return]
+    if config.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
+        try:  # a wrong password or CA: one line now, not a traceback from a client later
+            asyncio.run(check_login(args.bootstrap, config))
+        except SecurityError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return config
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -13,9 +13,11 @@ to do; it never carries a secret's value.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import stat
 from collections.abc import Collection, Mapping
@@ -134,3 +136,79 @@ def _refuse_world_readable(path: Path, what: str) -> None:
         raise SecurityError(f"{what} {path}: {exc.strerror}") from None
     if mode & stat.S_IROTH:
         raise SecurityError(f"{what} {path} is readable by every user: chmod o-r {path} (it holds secrets)")
+
+
+# --- Kafka refusals ------------------------------------------------------------------
+
+# aiokafka says why a login failed only in an ERROR log line; the exception says
+# "Unable to bootstrap". These words in that line name the reason.
+_LOGIN_REASONS = {
+    "SaslAuthenticationFailed": "the broker refused the SASL login (wrong user name or password)",
+    "CERTIFICATE_VERIFY_FAILED": "the broker's certificate is not signed by a CA this client trusts "
+    "(ssl_cafile)",
+    "IP address mismatch": "the broker's certificate does not name the address connected to",
+    "Hostname mismatch": "the broker's certificate does not name the host connected to",
+}
+
+
+class _ErrorLines(logging.Handler):
+    """Keeps the ERROR lines aiokafka logs while a login is tried."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def check_login(bootstrap: str, kafka: Mapping[str, Any]) -> None:
+    """Connect once with ``kafka`` settings; a refused login or TLS handshake is a SecurityError.
+
+    Run before anything else starts, so that a wrong password or an unknown CA ends
+    the command with one line that says which, instead of a traceback from deep in
+    a client.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError
+
+    errors = _ErrorLines()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.addHandler(errors)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **kafka)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        said = " ".join(errors.lines)
+        reason = next((why for key, why in _LOGIN_REASONS.items() if key in said), str(exc))
+        user = kafka.get("sasl_plain_username")
+        who = f" as user {user!r}" if user else ""
+        raise SecurityError(f"Kafka at {bootstrap} refused the connection{who}: {reason}") from None
+    finally:
+        aiokafka_log.removeHandler(errors)
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+def refusal(exc: BaseException) -> str | None:
+    """One line naming what Kafka refused (an ACL), or None if ``exc`` is no refusal."""
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+        TransactionalIdAuthorizationFailed,
+    )
+
+    what = {
+        TopicAuthorizationFailedError: "access to a topic (Read on the events topic, or Write on scores, "
+        "DLQ or changelog)",
+        GroupAuthorizationFailedError: "access to the consumer group (Read on groups prefixed "
+        "with the app id)",
+        TransactionalIdAuthorizationFailed: "the transactional id (Write on transactional ids prefixed "
+        "with the app id)",
+        ClusterAuthorizationFailedError: "a cluster operation (idempotent writes need Write on the topics)",
+    }
+    for kind, needs in what.items():
+        if isinstance(exc, kind):
+            return f"Kafka refused {needs}: {exc}; grant it (docs/operations.md#security) and restart"
+    return None
