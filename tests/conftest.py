@@ -50,11 +50,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     """A second broker, SASL_SSL with ACLs, started only for the tests that ask for it."""
     broker = SecureBroker(tmp_path_factory.mktemp("kafka-secure"))
-    try:
-        broker.start()
+    with broker:  # started, and stopped at the end
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture(scope="session")

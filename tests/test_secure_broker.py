@@ -8,6 +8,8 @@ appear in their output.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +17,16 @@ from pathlib import Path
 import msgspec
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from secure_kafka import SecureBroker, grant_worker
 from streaming import ADAPTER, REPO, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
 
+from entities.events import Event
 from entities.spec import Spec
 from streams.kafka_io import CHANGELOG_CONFIG, ensure_topics
 from streams.messages import ScoreMessage
+from streams.produce import file_events, produce
 from streams.replay import replay
 
 pytestmark = pytest.mark.kafka
@@ -101,3 +106,49 @@ def test_worker_produce_and_tail_on_sasl_ssl_with_acls_score_as_replay(
     assert worker.log_path is not None
     said = worker.log_path.read_text() + produced.stdout + produced.stderr + tailed.stderr
     assert not [p for p in passwords(b) if p in said], "a password was logged"
+
+
+def test_limits_hold_on_the_secured_listener(
+    secure_kafka: SecureBroker, spec: Spec, sample_features: Path, tmp_path: Path
+) -> None:
+    """10,000 random byte strings and oversized messages go to the DLQ; the worker keeps scoring."""
+    b = secure_kafka
+    model = train_small_model(spec, sample_features, tmp_path / "model")
+    config = b.config_file("worker", tmp_path / "worker.json")
+    worker = WorkerProcess(b.bootstrap, model, tmp_path / "data", extra=["--kafka-config", str(config)])
+    t = worker.topics
+    create_topics(b, worker)
+    grant_worker(b, worker.prefix, t)
+    b.allow("producer", ["Write", "Describe"], ["--topic", t["events"]])
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"], "--topic", t["dlq"]])
+    rng = random.Random(20)
+    bad = [rng.randbytes(rng.randint(0, 300)) for _ in range(10_000)]
+    bad += [b'{"event_id": "big", "pad": "' + b"x" * 100_000 + b'"}'] * 3  # over max_event_bytes (64 KiB)
+    codec, items = file_events(SPEC, SAMPLE, 2_000, adapter=ADAPTER)
+    good = [e for e in items if isinstance(e, Event)]
+
+    async def publish_bad() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, **b.settings("producer"))
+        await producer.start()
+        try:
+            futures = [await producer.send(t["events"], value, key=rng.randbytes(8)) for value in bad]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    worker.start()
+    try:
+        asyncio.run(publish_bad())
+        kafka = b.settings("producer")
+        asyncio.run(produce(b.bootstrap, t["events"], codec, iter(good), partitions=4, kafka=kafka))
+        scored = {e.event_id for e in good if e.type == "transaction"}
+        reader = b.settings("reader")
+        scores = read_topic(b.bootstrap, t["scores"], expect=len(scored), kafka=reader)
+        dead = read_topic(b.bootstrap, t["dlq"], expect=len(bad), kafka=reader)
+        health = worker.get("/health")
+    finally:
+        worker.stop()
+    assert health is not None and health["status"] == "ok"
+    assert sorted(json.loads(m.value)["event_id"] for m in scores) == sorted(scored)
+    assert len(dead) == len(bad)
+    assert sorted(m.value for m in dead) == sorted(bad)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from secure_kafka import SecureBroker, worker_grants
@@ -127,24 +128,38 @@ def test_a_missing_acl_stops_the_worker_and_nothing_is_lost_once_granted(
     b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
     scored = _publish(b, worker)
 
-    with pytest.raises(RuntimeError, match="worker exited with 2"):
-        worker.start(timeout=90, ready=lambda health: False)
-    assert worker.log_path is not None
-    last = worker.log_path.read_text().strip().splitlines()[-1]
+    last = _refused(b, worker)
     assert last.startswith("error: Kafka refused access to a topic"), last
     assert f"TopicAuthorizationFailedError: {t[refused]};" in last, last
-    assert _committed(b, f"{worker.prefix}-worker") == 0  # no offset for events it could not score
 
     b.allow("worker", [missing], ["--topic", t[refused]])
+    assert {_event_id(m) for m in _restarted(b, worker, len(scored))} == scored
+
+
+def _refused(b: SecureBroker, worker: WorkerProcess) -> str:
+    """Start the worker, expect it to stop (exit 2) having committed no offset; its last line."""
+    with pytest.raises(RuntimeError, match="worker exited with 2"):
+        worker.start(timeout=90, ready=lambda health: False)
+    assert _committed(b, f"{worker.prefix}-worker") == 0  # no offset for events it could not score
+    assert worker.log_path is not None
     worker.proc = None
+    return worker.log_path.read_text().strip().splitlines()[-1]
+
+
+def _restarted(b: SecureBroker, worker: WorkerProcess, expect: int, committed: bool = False) -> list[Any]:
+    """Start the worker again; the scores once ``expect`` distinct events have one."""
     worker.start()
     try:
-        messages = read_topic(
-            b.bootstrap, t["scores"], expect=len(scored), kafka=b.settings("reader"), unique=_event_id
+        return read_topic(
+            b.bootstrap,
+            worker.topics["scores"],
+            expect=expect,
+            kafka=b.settings("reader"),
+            unique=_event_id,
+            committed=committed,
         )
     finally:
         worker.stop()
-    assert {_event_id(m) for m in messages} == scored
 
 
 def _event_id(message: object) -> str:
@@ -169,21 +184,9 @@ def test_exactly_once_without_the_transactional_id_acl_stops_and_loses_nothing(
     b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
     scored = _publish(b, worker)
 
-    with pytest.raises(RuntimeError, match="worker exited with 2"):
-        worker.start(timeout=90, ready=lambda health: False)
-    assert worker.log_path is not None
-    last = worker.log_path.read_text().strip().splitlines()[-1]
+    last = _refused(b, worker)
     assert last.startswith("error: Kafka refused the transactional id"), last
-    assert _committed(b, f"{worker.prefix}-worker") == 0
 
     b.allow("worker", *transactional[0])
-    worker.proc = None
-    worker.start()
-    try:
-        messages = read_topic(
-            b.bootstrap, t["scores"], expect=len(scored), kafka=b.settings("reader"), committed=True
-        )
-    finally:
-        worker.stop()
-    ids = [_event_id(m) for m in messages]
+    ids = [_event_id(m) for m in _restarted(b, worker, len(scored), committed=True)]
     assert len(ids) == len(set(ids)) and set(ids) == scored
