@@ -75,6 +75,14 @@ def create_app(
         broker_credentials=faust_credentials(cfg.kafka),
     )
 
+    def _stop_if_refused(exc: KafkaError) -> None:
+        """An ACL refusal stops the worker with one line (the CLI prints ``worker.fatal``)."""
+        why = refusal(exc)
+        if why is not None:
+            worker.fatal = why
+            log.error("%s", why)
+            os.kill(os.getpid(), signal.SIGTERM)
+
     class BatchLoop(Service):
         """Runs the batch loop for as long as the app runs."""
 
@@ -99,14 +107,6 @@ def create_app(
                 raise
             if worker.fatal:  # refused (e.g. records of another layout): stop the app, the CLI says why
                 os.kill(os.getpid(), signal.SIGTERM)
-
-    def _stop_if_refused(exc: KafkaError) -> None:
-        """An ACL refusal stops the worker with one line (the CLI prints ``worker.fatal``)."""
-        why = refusal(exc)
-        if why is not None:
-            worker.fatal = why
-            log.error("%s", why)
-            os.kill(os.getpid(), signal.SIGTERM)
 
         async def on_stop(self) -> None:
             await worker.stop()
