@@ -16,7 +16,7 @@ import importlib.util
 import inspect
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -116,10 +116,29 @@ Window = Duration | _Lifetime
 
 @dataclass(frozen=True)
 class Fixed:
-    """Fixed attributes, set by events of ``event_type`` (last write wins, per field)."""
+    """Fixed attributes, set by events of ``event_type`` (last write wins, per field).
+
+    ``pii`` names the fields that are personal data (a name, a street, a date of
+    birth): features may read them, but the worker leaves them out of what it shows
+    (``/entities``) unless told ``--expose-pii``. Marking a field changes neither
+    the record layout nor the spec hash: it is a serving policy, not a feature.
+    """
 
     event_type: str
     fields: Mapping[str, Any]  # name -> type (msgspec-compatible, may be Annotated)
+    pii: Collection[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pii, str):  # pii="dob" would otherwise mean {"d", "o", "b"}
+            raise SpecError(f"Fixed({self.event_type!r}): pii must be a set of field names, got {self.pii!r}")
+        pii = frozenset(self.pii)
+        unknown = sorted(pii - set(self.fields))
+        if unknown:
+            raise SpecError(
+                f"Fixed({self.event_type!r}): pii names {unknown}, not fields of it "
+                f"(fields: {sorted(self.fields)})"
+            )
+        object.__setattr__(self, "pii", pii)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ the app, because faust's per-event stream path costs more per message than the w
 batch loop does per event (docs/performance.md).
 
 HTTP (bound to 127.0.0.1 unless told otherwise):
-``GET /health``, ``GET /metrics`` (Prometheus), ``GET /entities/{entity_id}``.
+``GET /health``, ``GET /metrics`` (Prometheus), ``GET /entities/{entity_id}`` (with a
+bearer token when the worker has one: streams/security.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -18,8 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from mode import Service
 
+from streams.security import authorized, refusal
 from streams.worker import BatchWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,13 @@ def create_app(
     http_host: str = "127.0.0.1",
     http_port: int = 6066,
     on_timer: Callable[[], Any] | None = None,
+    http_token: str | None = None,
 ) -> faust.App:
-    """A faust App whose service runs ``worker`` and whose web server exposes it."""
+    """A faust App whose service runs ``worker`` and whose web server exposes it.
+
+    With ``http_token``, ``/entities`` answers only requests that carry it as a
+    bearer token (401 otherwise); ``/health`` and ``/metrics`` stay open.
+    """
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         cfg.app_id,
@@ -66,15 +75,36 @@ def create_app(
         broker_credentials=faust_credentials(cfg.kafka),
     )
 
+    def _stop_if_refused(exc: KafkaError) -> None:
+        """An ACL refusal stops the worker with one line (the CLI prints ``worker.fatal``)."""
+        why = refusal(exc)
+        if why is not None:
+            worker.fatal = why
+            log.error("%s", why)
+            os.kill(os.getpid(), signal.SIGTERM)
+
     class BatchLoop(Service):
         """Runs the batch loop for as long as the app runs."""
 
         async def on_start(self) -> None:
-            await worker.start()
+            try:
+                await worker.start()
+            except KafkaError as exc:
+                # A client that did start (or half did) is closed here: nothing else will.
+                for client in (worker.consumer, worker.changelog_producer, worker.producer):
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await client.stop()
+                _stop_if_refused(exc)
+                raise
             self.add_future(self._run())
 
         async def _run(self) -> None:
-            await worker.run(lambda: self.should_stop)
+            try:
+                await worker.run(lambda: self.should_stop)
+            except KafkaError as exc:
+                _stop_if_refused(exc)
+                raise
             if worker.fatal:  # refused (e.g. records of another layout): stop the app, the CLI says why
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -107,6 +137,12 @@ def create_app(
 
     @app.page("/entities/{entity_id}")
     async def entity(web: Any, request: Any, entity_id: str) -> Any:
+        if not authorized(request.headers.get("Authorization"), http_token):
+            return web.json(
+                {"error": "/entities needs the bearer token of --http-token-file"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         found = worker.entity(entity_id)
         if found is None:
             return web.json({"error": worker.not_found(entity_id)}, status=404)

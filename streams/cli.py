@@ -96,8 +96,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         help="seconds between checkpoints (default 5.0; 0.1 with --exactly-once)",
     )
-    p.add_argument("--http-host", default="127.0.0.1")
+    p.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="address of the HTTP server; anything but loopback needs --http-token-file",
+    )
     p.add_argument("--http-port", type=int, default=6066)
+    p.add_argument(
+        "--http-token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer token that /entities requires (not readable by other users)",
+    )
+    p.add_argument(
+        "--expose-pii",
+        action="store_true",
+        help="show the fixed fields the spec marks pii in /entities answers (left out by default)",
+    )
     p.set_defaults(run=_worker)
 
     from streams.cli_bootstrap import add_bootstrap_command
@@ -205,15 +220,26 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
         "--kafka-config",
         type=Path,
         help="JSON of extra Kafka client settings (security_protocol, sasl_mechanism, "
-        "sasl_plain_username, sasl_plain_password, ssl_cafile, ...)",
+        "sasl_plain_username, sasl_plain_password, ssl_cafile, ...); a secret may be "
+        '{"env": "NAME"} or {"file": "PATH"}; refused if readable by every user',
     )
 
 
 def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Security and other client settings, passed through to every Kafka client."""
+    """Security and other client settings, passed through to every Kafka client.
+
+    A refused file (world-readable, a secret that is not there) ends the command with one line.
+    """
+    import asyncio
+
+    from streams.security import SecurityError, check_login, load_kafka_config
+
     if not args.kafka_config:
         return {}
-    config = json.loads(args.kafka_config.read_text())
+    try:
+        config = load_kafka_config(args.kafka_config)
+    except SecurityError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if "ssl_cafile" in config or "ssl_certfile" in config:
         import ssl
 
@@ -226,7 +252,12 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
             keyfile=files.get("ssl_keyfile"),
         )
         assert isinstance(config["ssl_context"], ssl.SSLContext)
-    return config  # type: ignore[no-any-return]
+    if config.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
+        try:  # a wrong password or CA: one line now, not a traceback from a client later
+            asyncio.run(check_login(args.bootstrap, config))
+        except SecurityError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    return config
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -235,8 +266,14 @@ def _worker(args: argparse.Namespace) -> int:
     from models.scorer import Scorer
     from streams.app import create_app
     from streams.reload import ModelWatcher
+    from streams.security import SecurityError, check_bind, http_token
     from streams.worker import BatchWorker, WorkerConfig
 
+    try:
+        token = http_token(args.http_token_file)
+        check_bind(args.http_host, token)
+    except SecurityError as exc:
+        raise SystemExit(f"error: {exc}") from None
     spec = load_spec(args.spec)
     if args.registry:
         models = ModelWatcher.initial(args.registry, spec)
@@ -256,6 +293,7 @@ def _worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         max_batch=args.max_batch,
         include_features=not args.no_features,
+        expose_pii=args.expose_pii,
         exactly_once=args.exactly_once,
         commit_interval_ms=int(
             1000
@@ -278,6 +316,7 @@ def _worker(args: argparse.Namespace) -> int:
         http_host=args.http_host,
         http_port=args.http_port,
         on_timer=watcher.check if watcher else None,
+        http_token=token,
     )
     try:
         Worker(app, loglevel="debug" if args.verbose else "info", quiet=True).execute_from_commandline()
@@ -309,6 +348,7 @@ def _produce(args: argparse.Namespace) -> int:
 
     from streams.produce import file_events, produce
 
+    kafka = _kafka_config(args)  # a refused config ends the command before any reading
     codec, events = file_events(args.spec, args.input, args.limit, adapter=args.adapter)
     rejected = 0
 
@@ -328,7 +368,7 @@ def _produce(args: argparse.Namespace) -> int:
                 rate=args.rate,
                 on_progress=advance,
                 on_reject=on_reject,
-                kafka=_kafka_config(args),
+                kafka=kafka,
             )
         )
     print(f"produced {sent:,} events to {args.topic}; rejected {rejected:,} rows")
@@ -368,7 +408,9 @@ def _describe(args: argparse.Namespace) -> int:
     except SpecError as exc:  # a mistake in the spec: one line, no traceback
         print(f"error: SpecError: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"hash": spec.hash(), **spec.describe()}, indent=2, default=str))
+    # pii is a serving policy, not part of the hashed declaration
+    shown = {"hash": spec.hash(), **spec.describe(), "pii": sorted(spec.fixed.pii)}
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 

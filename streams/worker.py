@@ -63,6 +63,7 @@ from streams.kafka_io import (
 from streams.layout import LayoutCheck, LayoutMismatch
 from streams.partitioning import MISROUTED_HINT, Routing
 from streams.recovery import Restored, restore
+from streams.security import shown_fixed
 from streams.store import PartitionStore
 from streams.telemetry import WorkerMetrics
 
@@ -95,6 +96,7 @@ class WorkerConfig:
     # visibility delay of scores (the CLI defaults to 0.1 s there).
     commit_interval_ms: int = 5000
     include_features: bool = True
+    expose_pii: bool = False  # show the spec's pii fields in /entities answers
     max_event_bytes: int = 64 * 1024
     max_future_ms: int = 86_400_000  # events further ahead of the wall clock go to the DLQ
     exactly_once: bool = False
@@ -726,7 +728,7 @@ class BatchWorker:
         return {
             "entity_id": entity_id,
             **where,
-            "fixed": {k: v if isinstance(v, int | float) else str(v) for k, v in record.fixed.items()},
+            **shown_fixed(record.fixed, set() if self.cfg.expose_pii else self.spec.fixed.pii),
             "repeated_sizes": record.sizes(),
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
             "duplicates": record.duplicates,

@@ -22,6 +22,7 @@ import pytest
 
 # Make the helpers in tests/ importable whatever pytest's import mode is.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from secure_kafka import SecureBroker
 from streaming import ADAPTER, SAMPLE, SPEC
 
 from entities.spec import Spec, load_spec
@@ -43,6 +44,14 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """A second broker, SASL_SSL with ACLs, started only for the tests that ask for it."""
+    broker = SecureBroker(tmp_path_factory.mktemp("kafka-secure"))
+    with broker:  # started, and stopped at the end
+        yield broker
 
 
 @pytest.fixture(scope="session")

@@ -147,12 +147,14 @@ def read_topic(
     timeout: float = 120,
     unique: Callable[[Any], Any] | None = None,
     committed: bool = False,
+    kafka: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Every message of a topic from the beginning, until ``expect`` arrived (or timeout).
 
     With ``unique``, waits for ``expect`` distinct ``unique(message)`` values instead
     (duplicates do not count towards it). With ``committed``, reads as a
-    read_committed consumer (what exactly-once promises to).
+    read_committed consumer (what exactly-once promises to). ``kafka``: client
+    settings (SASL/SSL) for a secured broker.
     """
 
     async def run() -> list[Any]:
@@ -161,6 +163,7 @@ def read_topic(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed" if committed else "read_uncommitted",
+            **(kafka or {}),
         )
         await consumer.start()
         try:

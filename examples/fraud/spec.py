@@ -102,6 +102,8 @@ spec = Spec(
             "job": Text,
             "dob": dt.date,
         },
+        # Personal data: left out of /entities answers (features still read them).
+        pii={"first", "last", "street", "dob"},
     ),
     repeated={
         TXN: Repeated(

@@ -1,0 +1,192 @@
+"""What a refused login or a missing ACL does on the SASL_SSL broker (issue 20).
+
+Each refusal ends the process with one line that names it and a non-zero exit;
+after the right is granted and the worker restarted, every event gets its score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from secure_kafka import SecureBroker, worker_grants
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from test_secure_broker import cli, create_topics
+
+from entities.events import Event
+from entities.spec import Spec
+from streams.produce import file_events, produce
+
+pytestmark = pytest.mark.kafka
+N_ROWS = 3_000
+
+
+@pytest.fixture(scope="module")
+def model(spec: Spec, sample_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_small_model(spec, sample_features, tmp_path_factory.mktemp("model") / "model")
+
+
+def other_ca(tmp_path: Path) -> Path:
+    """A CA that did not sign the broker's certificate."""
+    key, pem = tmp_path / "other.key", tmp_path / "other.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
+    subprocess.run(
+        [*openssl, "-keyout", str(key), "-out", str(pem)],
+        check=True,
+        capture_output=True,
+    )
+    return pem
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong password", "the broker refused the SASL login (wrong user name or password)"),
+        ("unknown CA", "the broker's certificate is not signed by a CA this client trusts (ssl_cafile)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "produce", "tail"])
+def test_a_refused_login_ends_the_command_with_one_line(
+    secure_kafka: SecureBroker, model: Path, tmp_path: Path, case: str, reason: str, command: str
+) -> None:
+    b = secure_kafka
+    secret = tmp_path / "password"
+    secret.write_text("not-the-password")
+    secret.chmod(0o600)
+    override = (
+        {"sasl_plain_password": {"file": str(secret)}}
+        if case == "wrong password"
+        else {"ssl_cafile": str(other_ca(tmp_path))}
+    )
+    config = b.config_file("worker", tmp_path / "kafka.json", **override)
+    args = {
+        "worker": ["worker", "--spec", str(SPEC), "--model", str(model), "--data-dir", str(tmp_path / "d")],
+        "produce": ["produce", "--input", str(SAMPLE), "--adapter", str(ADAPTER), "--topic", "x"],
+        "tail": ["tail", "scores"],
+    }[command]
+    done = cli(*args, "--bootstrap", b.bootstrap, "--kafka-config", str(config), timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: Kafka at {b.bootstrap} refused the connection as user 'worker': {reason}"
+    )
+    assert "Traceback" not in done.stderr
+    assert "not-the-password" not in done.stdout + done.stderr
+
+
+def _publish(b: SecureBroker, worker: WorkerProcess) -> set[str]:
+    """The first N_ROWS of the sample onto the worker's events topic; the ids to be scored."""
+    codec, items = file_events(SPEC, SAMPLE, N_ROWS, adapter=ADAPTER)
+    events = [e for e in items if isinstance(e, Event)]
+    b.allow("producer", ["Write", "Describe"], ["--topic", worker.topics["events"]])
+    asyncio.run(
+        produce(
+            b.bootstrap,
+            worker.topics["events"],
+            codec,
+            iter(events),
+            partitions=4,
+            kafka=b.settings("producer"),
+        )
+    )
+    return {e.event_id for e in events if e.type == "transaction"}
+
+
+def _committed(b: SecureBroker, group: str) -> int:
+    """Sum of the committed offsets of a consumer group."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap, **b.settings("admin"))
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+            return sum(max(meta.offset, 0) for meta in offsets.values())
+        finally:
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(("missing", "refused"), [("Read", "events"), ("Write", "scores")])
+def test_a_missing_acl_stops_the_worker_and_nothing_is_lost_once_granted(
+    secure_kafka: SecureBroker, model: Path, tmp_path: Path, missing: str, refused: str
+) -> None:
+    b = secure_kafka
+    config = b.config_file("worker", tmp_path / "kafka.json")
+    worker = WorkerProcess(b.bootstrap, model, tmp_path / "data", extra=["--kafka-config", str(config)])
+    t = worker.topics
+    create_topics(b, worker)
+    # Every grant of a worker, but those on the refused topic go to a name that is not it;
+    # on the refused topic itself only Describe (the worker sees it, cannot use it).
+    for operations, resource, prefixed in worker_grants(worker.prefix, {**t, refused: f"{t[refused]}.not"}):
+        b.allow("worker", operations, resource, prefixed)
+    b.allow("worker", ["Describe"], ["--topic", t[refused]])
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
+    scored = _publish(b, worker)
+
+    last = _refused(b, worker)
+    assert last.startswith("error: Kafka refused access to a topic"), last
+    assert f"TopicAuthorizationFailedError: {t[refused]};" in last, last
+
+    b.allow("worker", [missing], ["--topic", t[refused]])
+    assert {_event_id(m) for m in _restarted(b, worker, len(scored))} == scored
+
+
+def _refused(b: SecureBroker, worker: WorkerProcess) -> str:
+    """Start the worker, expect it to stop (exit 2) having committed no offset; its last line."""
+    with pytest.raises(RuntimeError, match="worker exited with 2"):
+        worker.start(timeout=90, ready=lambda health: False)
+    assert _committed(b, f"{worker.prefix}-worker") == 0  # no offset for events it could not score
+    assert worker.log_path is not None
+    worker.proc = None
+    return worker.log_path.read_text().strip().splitlines()[-1]
+
+
+def _restarted(b: SecureBroker, worker: WorkerProcess, expect: int, committed: bool = False) -> list[Any]:
+    """Start the worker again; the scores once ``expect`` distinct events have one."""
+    worker.start()
+    try:
+        return read_topic(
+            b.bootstrap,
+            worker.topics["scores"],
+            expect=expect,
+            kafka=b.settings("reader"),
+            unique=_event_id,
+            committed=committed,
+        )
+    finally:
+        worker.stop()
+
+
+def _event_id(message: object) -> str:
+    return str(json.loads(message.value)["event_id"])  # type: ignore[attr-defined]
+
+
+def test_exactly_once_without_the_transactional_id_acl_stops_and_loses_nothing(
+    secure_kafka: SecureBroker, model: Path, tmp_path: Path
+) -> None:
+    b = secure_kafka
+    config = b.config_file("worker", tmp_path / "kafka.json")
+    extra = ["--kafka-config", str(config), "--exactly-once"]
+    worker = WorkerProcess(b.bootstrap, model, tmp_path / "data", extra=extra)
+    t = worker.topics
+    create_topics(b, worker)
+    grants = worker_grants(worker.prefix, t)
+    transactional = [g for g in grants if "--transactional-id" in g[1]]
+    assert len(transactional) == 1
+    for operations, resource, prefixed in grants:
+        if (operations, resource, prefixed) not in transactional:
+            b.allow("worker", operations, resource, prefixed)
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
+    scored = _publish(b, worker)
+
+    last = _refused(b, worker)
+    assert last.startswith("error: Kafka refused the transactional id"), last
+
+    b.allow("worker", *transactional[0])
+    ids = [_event_id(m) for m in _restarted(b, worker, len(scored), committed=True)]
+    assert len(ids) == len(set(ids)) and set(ids) == scored
