@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events-topic", default="events")
     p.add_argument("--scores-topic", default="scores")
     p.add_argument("--dlq-topic", default="events.dlq")
+    p.add_argument(
+        "--no-create-topics",
+        action="store_true",
+        help="create no topics: stop, naming a missing one (create them with `supernova topics --create`)",
+    )
     p.add_argument("--max-batch", type=int, default=5000)
     p.add_argument("--no-features", action="store_true", help="leave features out of scores")
     p.add_argument(
@@ -103,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streams.cli_bootstrap import add_bootstrap_command
 
     add_bootstrap_command(sub, _kafka_args, _kafka_config)
+
+    from streams.cli_topics import add_topics_command
+
+    add_topics_command(sub, _kafka_args, _kafka_config)
 
     p = sub.add_parser("produce", help="publish a recorded file as events")
     p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
@@ -254,6 +263,7 @@ def _worker(args: argparse.Namespace) -> int:
         scores_topic=args.scores_topic,
         dlq_topic=args.dlq_topic,
         partitions=args.partitions,
+        create_topics=not args.no_create_topics,
         max_batch=args.max_batch,
         include_features=not args.no_features,
         exactly_once=args.exactly_once,
@@ -270,6 +280,9 @@ def _worker(args: argparse.Namespace) -> int:
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )
+    refused = check_topics_or_say_why(cfg, args.verbose)
+    if refused:
+        return refused
     worker = BatchWorker(cfg, spec, scorers)
     watcher = ModelWatcher(args.registry, spec, scorers, worker.lock) if args.registry else None
     app = create_app(
@@ -286,6 +299,22 @@ def _worker(args: argparse.Namespace) -> int:
             raise
     if worker.fatal:
         print(f"error: {worker.fatal}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def check_topics_or_say_why(cfg: Any, verbose: bool) -> int:
+    """Check the worker's topics before faust starts: 0, or 2 after one line saying what to fix."""
+    import asyncio
+
+    from streams.topics import TopicError, check_topics
+
+    try:
+        asyncio.run(check_topics(cfg, create=cfg.create_topics))
+    except TopicError as exc:
+        if verbose:
+            log.exception("topics")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
