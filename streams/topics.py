@@ -137,8 +137,10 @@ def partitions_changed_line(cfg: WorkerConfig, before: int, now: int) -> str:
         f"entities whose key now hashes to another partition would be split from their history "
         f"(their records stay on the {before} partitions of {cfg.changelog_topic}), so the worker "
         "stops before scoring any of them. To go on, rebuild the records for the new partition count "
-        f"under a new app id: `supernova bootstrap --app-id NEW --events-topic {cfg.events_topic} "
-        "--spec S --input HISTORY ...`, then start the workers with --app-id NEW (docs/going-live.md)"
+        "under a new app id from history files that hold every event up to a cut, with the group "
+        "NEW-worker's offsets set to that cut: `supernova bootstrap --app-id NEW --force --events-topic "
+        f"{cfg.events_topic} --spec S --input HISTORY ...`, then start the workers with --app-id NEW "
+        "(docs/operations.md#topics-and-acls)"
     )
 
 
