@@ -280,9 +280,10 @@ def _worker(args: argparse.Namespace) -> int:
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )
-    refused = check_topics_or_say_why(cfg, args.verbose)
-    if refused:
-        return refused
+    from streams.cli_topics import checked_topics
+
+    if checked_topics(cfg, args.verbose, create=cfg.create_topics) is None:  # before faust starts
+        return 2
     worker = BatchWorker(cfg, spec, scorers)
     watcher = ModelWatcher(args.registry, spec, scorers, worker.lock) if args.registry else None
     app = create_app(
@@ -299,22 +300,6 @@ def _worker(args: argparse.Namespace) -> int:
             raise
     if worker.fatal:
         print(f"error: {worker.fatal}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def check_topics_or_say_why(cfg: Any, verbose: bool) -> int:
-    """Check the worker's topics before faust starts: 0, or 2 after one line saying what to fix."""
-    import asyncio
-
-    from streams.topics import TopicError, check_topics
-
-    try:
-        asyncio.run(check_topics(cfg, create=cfg.create_topics))
-    except TopicError as exc:
-        if verbose:
-            log.exception("topics")
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from streams.topics import TopicLayout
     from streams.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def add_topics_command(
     p.add_argument("--reader-group", default="scores-reader", help="the scores reader's consumer group")
 
     def run(args: argparse.Namespace) -> int:
-        from streams.topics import TopicError, check_topics, topic_needs
+        from streams.topics import topic_needs
         from streams.worker import WorkerConfig
 
         cfg = WorkerConfig(
@@ -55,12 +56,8 @@ def add_topics_command(
         )
         partitions = cfg.partitions
         if args.create:
-            try:
-                layout = asyncio.run(check_topics(cfg, create=True))
-            except TopicError as exc:
-                if args.verbose:
-                    log.exception("topics")
-                print(f"error: {exc}", file=sys.stderr)
+            layout = checked_topics(cfg, args.verbose, create=True)
+            if layout is None:
                 return 2
             if args.partitions and layout.events != args.partitions:
                 print(
@@ -83,6 +80,19 @@ def add_topics_command(
         return 0
 
     p.set_defaults(run=run)
+
+
+def checked_topics(cfg: WorkerConfig, verbose: bool, create: bool) -> TopicLayout | None:
+    """``check_topics``; None after one line on stderr saying what to fix (and the traceback if verbose)."""
+    from streams.topics import TopicError, check_topics
+
+    try:
+        return asyncio.run(check_topics(cfg, create=create))
+    except TopicError as exc:
+        if verbose:
+            log.exception("topics")
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, reader_group: str) -> str:
