@@ -151,6 +151,19 @@ def test_changelog_that_is_not_compacted_is_refused_in_one_line(
     assert line in capsys.readouterr().err
     assert any(r.exc_info for r in caplog.records)
 
+    # Fixed as the line says (the same change, through the admin API): every event scored.
+    compact = ConfigResource(ConfigResourceType.TOPIC, t["changelog"], {"cleanup.policy": "compact"})
+    asyncio.run(_admin(bs, ("alter_configs", [compact])))
+    events = _events(1_000)
+    n = sum(e.type == "transaction" for e in events)
+    worker.start()
+    try:
+        _publish(bs, t["events"], events)
+        scores = _scores(bs, t["scores"], n)
+    finally:
+        worker.stop()
+    assert len({msgspec.json.decode(m.value, type=ScoreMessage).event_id for m in scores}) == n
+
 
 def test_changelog_with_another_partition_count_than_events_is_refused(
     kafka_broker, replayed: dict[str, Path], tmp_path: Path
