@@ -97,8 +97,9 @@ def checked_topics(cfg: WorkerConfig, verbose: bool, create: bool) -> TopicLayou
 
 def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, reader_group: str) -> str:
     """The minimal ACLs per principal, as ``kafka-acls.sh`` lines."""
+    from streams.topics import faust_leader_topic
+
     base = f"kafka-acls.sh --bootstrap-server {cfg.bootstrap} --add --allow-principal"
-    leader = f"{cfg.app_id}-__assignor-__leader"
 
     def grant(principal: str, ops: str, resource: str) -> str:
         operations = " ".join(f"--operation {op}" for op in ops.split(","))
@@ -110,8 +111,8 @@ def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, rea
         grant(worker, "Write,Describe", f"--topic {cfg.scores_topic} --topic {cfg.dlq_topic}"),
         grant(worker, "Read,Write,Describe,DescribeConfigs", f"--topic {cfg.changelog_topic}"),
         grant(worker, "Read,Describe", f"--group {cfg.group_id} --group {cfg.app_id}"),
-        "# faust's assignor topic: faust asks to create it at every start (see docs/operations.md)",
-        grant(worker, "Create,Read,Write,Describe", f"--topic {leader}"),
+        "# faust's assignor topic (faust consumes it; it creates no topics: no Create right needed)",
+        grant(worker, "Read,Describe", f"--topic {faust_leader_topic(cfg)}"),
         "# --exactly-once only: the worker's transactional ids",
         grant(worker, "Write,Describe", f"--transactional-id {cfg.app_id}- --resource-pattern-type prefixed"),
         f"# producers of events ({producer})",

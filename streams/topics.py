@@ -1,10 +1,12 @@
 """The topics an app id needs, checked before the worker consumes anything.
 
-An app id needs four topics: the events topic (any partition count, fixed for the
+An app id needs four topics of its own: the events topic (any partition count, fixed for the
 life of the app id), the scores topic and the DLQ (any partition count: messages are
 keyed by entity id and partitioned by murmur2 of the key, as the Java client does),
 and the compacted ``<app>-records-changelog`` with exactly as many partitions as the
-events topic (an entity's record lives with the events partition its key hashes to).
+events topic (an entity's record lives with the events partition its key hashes to);
+and faust's one-partition assignor topic, which faust may not create itself
+(streams.app): that would need the Create right at every start.
 
 :func:`check_topics` creates what is missing (when allowed) and refuses what cannot
 work, with a :class:`TopicError` of one line: the topic, what was found, what is
@@ -78,7 +80,13 @@ def topic_needs(cfg: WorkerConfig, partitions: int) -> list[TopicNeed]:
             note="as many partitions as events; compacted: the latest record of each entity is kept "
             "for ever (no time or size retention)",
         ),
+        TopicNeed("faust", faust_leader_topic(cfg), 1, note="faust's assignor topic (faust creates none)"),
     ]
+
+
+def faust_leader_topic(cfg: WorkerConfig) -> str:
+    """The topic faust's leader assignor subscribes to (streams.app lets faust create no topics)."""
+    return f"{cfg.app_id}-__assignor-__leader"
 
 
 def topics_command(cfg: WorkerConfig, partitions: int | None = None) -> str:
@@ -168,7 +176,7 @@ def _configs(configs: dict[str, str]) -> str:
 
 async def _partition_counts(admin: AIOKafkaAdminClient, cfg: WorkerConfig) -> dict[str, int]:
     """Partition counts of the app's topics that exist."""
-    names = [cfg.events_topic, cfg.scores_topic, cfg.dlq_topic, cfg.changelog_topic]
+    names = [cfg.events_topic, cfg.scores_topic, cfg.dlq_topic, cfg.changelog_topic, faust_leader_topic(cfg)]
     described = await admin.describe_topics(names)
     found = {}
     for t in described:
