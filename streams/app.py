@@ -73,6 +73,11 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
         broker_credentials=faust_credentials(cfg.kafka),
+        # Issue 23: faust creates no topics. It would ask Kafka to create its assignor
+        # topic at every start (which needs the Create right even when the topic exists);
+        # streams.topics creates that topic with the app's others. (Its consumer needs
+        # one topic to subscribe to, so the leader topic stays.)
+        topic_allow_declare=False,
     )
 
     def _stop_if_refused(exc: KafkaError) -> None:

@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events-topic", default="events")
     p.add_argument("--scores-topic", default="scores")
     p.add_argument("--dlq-topic", default="events.dlq")
+    p.add_argument(
+        "--no-create-topics",
+        action="store_true",
+        help="create no topics: stop, naming a missing one (create them with `supernova topics --create`)",
+    )
     p.add_argument("--max-batch", type=int, default=5000)
     p.add_argument("--no-features", action="store_true", help="leave features out of scores")
     p.add_argument(
@@ -118,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from streams.cli_bootstrap import add_bootstrap_command
 
     add_bootstrap_command(sub, _kafka_args, _kafka_config)
+
+    from streams.cli_topics import add_topics_command
+
+    add_topics_command(sub, _kafka_args, _kafka_config)
 
     p = sub.add_parser("produce", help="publish a recorded file as events")
     p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
@@ -291,6 +300,7 @@ def _worker(args: argparse.Namespace) -> int:
         scores_topic=args.scores_topic,
         dlq_topic=args.dlq_topic,
         partitions=args.partitions,
+        create_topics=not args.no_create_topics,
         max_batch=args.max_batch,
         include_features=not args.no_features,
         expose_pii=args.expose_pii,
@@ -308,6 +318,10 @@ def _worker(args: argparse.Namespace) -> int:
         max_future_ms=int(args.max_future * 1000),
         kafka=_kafka_config(args),
     )
+    from streams.cli_topics import checked_topics
+
+    if checked_topics(cfg, args.verbose, create=cfg.create_topics) is None:  # before faust starts
+        return 2
     worker = BatchWorker(cfg, spec, scorers)
     watcher = ModelWatcher(args.registry, spec, scorers, worker.lock) if args.registry else None
     app = create_app(

@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 from rocksdict import WriteBatch
 
@@ -51,21 +50,14 @@ from entities.record import RecordCodec, RecordError, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams import messages as msg
-from streams.kafka_io import (
-    CHANGELOG_CONFIG,
-    DEFAULT_PARTITIONS,
-    MAX_PRODUCER_BATCH,
-    Message,
-    ensure_topics,
-    partition_for,
-    send_batches,
-)
+from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, Message, send_batches
 from streams.layout import LayoutCheck, LayoutMismatch
 from streams.partitioning import MISROUTED_HINT, Routing
 from streams.recovery import Restored, restore
 from streams.security import shown_fixed
 from streams.store import PartitionStore
 from streams.telemetry import WorkerMetrics
+from streams.topics import METADATA_MAX_AGE_MS, TopicError, check_topics, partitions_changed_line
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +67,7 @@ log = logging.getLogger(__name__)
 ENCODE_SHARE = 0.1
 ENCODE_MIN_S = 0.0005
 ENCODE_IDLE_POLL_MS = 5
+PARTITIONS_CHECK_S = 1.0  # how often the loop compares the events topic's partition count
 
 
 @dataclass
@@ -87,7 +80,8 @@ class WorkerConfig:
     events_topic: str = "events"
     scores_topic: str = "scores"
     dlq_topic: str = "events.dlq"
-    partitions: int = DEFAULT_PARTITIONS
+    partitions: int = DEFAULT_PARTITIONS  # of the topics it creates (the events topic's count wins)
+    create_topics: bool = True  # create missing topics at start (else: stop, naming them)
     max_batch: int = 5000
     poll_timeout_ms: int = 100
     # Between checkpoints. At-least-once: longer means fewer rewrites of the same hot
@@ -217,10 +211,12 @@ class BatchWorker:
         self._encoding: _Checkpoint | None = None  # taken, its records not all encoded yet
         self.changelog_producer: AIOKafkaProducer | None = None
         self.last_checkpoint = time.monotonic()
-        self.co_partitioned = True  # scores topic partitioned like events: reuse the partition
         self._stopping = False
         # Issue 18: the partitioner contract and records of another layout.
         self.routing = Routing(cfg.partitions)
+        # Issue 23: outputs are partitioned by key (murmur2) with their topic's own count.
+        self.scores_routing = self.dlq_routing = self.routing
+        self._partitions_checked = 0.0
         self.layout = LayoutCheck(RecordCodec(spec))
         self.fatal: str | None = None  # why the worker refuses to go on (it stops)
 
@@ -233,17 +229,20 @@ class BatchWorker:
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create topics if absent, connect, subscribe."""
+        """Check the topics (creating those absent), connect, subscribe.
+
+        A topic that cannot work as it is sets ``fatal`` (the worker stops, saying why).
+        """
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        n = self.cfg.partitions
-        compacted = CHANGELOG_CONFIG
-        topics = [
-            NewTopic(self.cfg.events_topic, n, 1),
-            NewTopic(self.cfg.scores_topic, n, 1),
-            NewTopic(self.cfg.dlq_topic, n, 1),
-            NewTopic(self.cfg.changelog_topic, n, 1, topic_configs=compacted),
-        ]
-        await ensure_topics(self.cfg.bootstrap, topics, self.cfg.kafka)
+        try:
+            layout = await check_topics(self.cfg, create=self.cfg.create_topics)
+        except TopicError as exc:
+            self.fatal = str(exc)
+            log.error("%s", exc)
+            return
+        self.routing = Routing(layout.events)
+        self.scores_routing = self.routing if layout.scores == layout.events else Routing(layout.scores)
+        self.dlq_routing = self.routing if layout.dlq == layout.events else Routing(layout.dlq)
         common = {"bootstrap_servers": self.cfg.bootstrap, **self.cfg.kafka}
         producer = {
             **common,
@@ -277,12 +276,10 @@ class BatchWorker:
             fetch_max_bytes=8 << 20,
             max_partition_fetch_bytes=2 << 20,
             isolation_level="read_committed",
+            # Partitions added to the events topic are seen within this (then the worker stops).
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         await self.consumer.start()
-        events_parts = await self.producer.partitions_for(self.cfg.events_topic)
-        scores_parts = await self.producer.partitions_for(self.cfg.scores_topic)
-        self.co_partitioned = len(events_parts) == len(scores_parts)
-        self.routing = Routing(len(events_parts))
         self.consumer.subscribe([self.cfg.events_topic], listener=_Rebalance(self))
         tune_gc()
 
@@ -307,9 +304,11 @@ class BatchWorker:
 
     async def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Consume until told to stop; checkpoint every commit interval."""
+        if self.fatal:  # refused at start
+            return
         assert self.consumer is not None
         interval = self.cfg.commit_interval_ms / 1000
-        while not (self._stopping or should_stop() or self.fatal):
+        while not (self._stopping or should_stop() or self.fatal or self._partitions_changed()):
             batches = await self.consumer.getmany(
                 timeout_ms=self.cfg.poll_timeout_ms if self._encoding is None else ENCODE_IDLE_POLL_MS,
                 max_records=self.cfg.max_batch,
@@ -332,6 +331,24 @@ class BatchWorker:
                     self._persisting is None or self._persisting.done()
                 ):
                     await self.checkpoint(wait=False)
+
+    def _partitions_changed(self) -> bool:
+        """Whether the events topic's partition count differs from the one at start (sets ``fatal``)."""
+        now = time.monotonic()
+        if now - self._partitions_checked < PARTITIONS_CHECK_S:
+            return False
+        self._partitions_checked = now
+        assert self.consumer is not None
+        parts = self.consumer.partitions_for_topic(self.cfg.events_topic)  # cached metadata
+        if parts and len(parts) != self.routing.partitions:
+            self._refuse_partitions(len(parts))
+            return True
+        return False
+
+    def _refuse_partitions(self, now: int) -> None:
+        if self.fatal is None:
+            self.fatal = partitions_changed_line(self.cfg, self.routing.partitions, now)
+            log.error("%s", self.fatal)
 
     def _apply(self, part: _Partition, events: list[Event], origin: dict[int, Any]) -> BatchResult:
         """One partition's decoded events into its records (those not applied before)."""
@@ -509,7 +526,7 @@ class BatchWorker:
         encode = msg.score_encoder.encode
         score_message, source = msg.ScoreMessage, msg.Source
         model, version, spec_hash = result.model, result.version, self.spec_hash
-        n_parts = self.cfg.partitions
+        partition = self.scores_routing.partition
         # Positional arguments, no per-event attribute chains: this loop runs per event.
         for i, (k, (part, ev, rec, late), row, score) in enumerate(
             zip(at, scored, rows, result.scores.tolist(), strict=True)
@@ -535,8 +552,7 @@ class BatchWorker:
                 part.last[ev.entity_id][event_type] = last
             except KeyError:
                 part.last[ev.entity_id] = {event_type: last}
-            p = tp.partition if self.co_partitioned else partition_for(rec.key, n_parts)
-            out[k] = (rec.key, encode(message), [], p)
+            out[k] = (rec.key, encode(message), [], partition(rec.key))
 
     def _dead_letter(self, part: _Partition, rec: Any, reason: str) -> Message:
         self.metrics.dlq.labels(reason=reason.split(":")[0][:60]).inc()
@@ -544,7 +560,14 @@ class BatchWorker:
             (msg.DLQ_REASON, reason.encode()),
             (msg.DLQ_SOURCE, f"{part.tp.topic}/{part.tp.partition}/{rec.offset}".encode()),
         ]
-        return (rec.key, rec.value if rec.value is not None else b"", headers, part.tp.partition)
+        key = rec.key
+        # By key like scores; a message without a key stays with its source partition's number.
+        p = (
+            self.dlq_routing.partition(key)
+            if key is not None
+            else part.tp.partition % self.dlq_routing.partitions
+        )
+        return (key, rec.value if rec.value is not None else b"", headers, p)
 
     # --- checkpoints ----------------------------------------------------------------
 
@@ -658,8 +681,18 @@ class BatchWorker:
     # --- partitions -------------------------------------------------------------------
 
     async def assign(self, tps: Iterable[TopicPartition]) -> None:
-        """Open stores for new partitions, restore from the changelog, seek."""
+        """Open stores for new partitions, restore from the changelog, seek.
+
+        A partition beyond the count at start means partitions were added to the events
+        topic: nothing is opened and the worker stops (``fatal``).
+        """
         assert self.consumer is not None
+        tps = list(tps)
+        beyond = [tp.partition for tp in tps if tp.topic == self.cfg.events_topic]
+        if beyond and max(beyond) >= self.routing.partitions:
+            parts = self.consumer.partitions_for_topic(self.cfg.events_topic) or ()
+            self._refuse_partitions(max(len(parts), max(beyond) + 1))
+            return
         for tp in tps:
             if tp.topic != self.cfg.events_topic or tp.partition in self.parts:
                 continue

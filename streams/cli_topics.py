@@ -1,0 +1,124 @@
+"""``supernova topics``: the topics and ACLs an app id needs; creates the topics as an admin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.topics import TopicLayout
+    from streams.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_topics_command(
+    sub: Any,
+    kafka_args: Callable[[argparse.ArgumentParser], None],
+    kafka_config: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """Add ``topics`` to an argparse subparsers object."""
+    p = sub.add_parser(
+        "topics", help="print the topics (partitions, configs) and the ACLs an app id needs; --create them"
+    )
+    kafka_args(p)
+    p.add_argument("--app-id", required=True, help="the workers' --app-id")
+    p.add_argument("--events-topic", default="events")
+    p.add_argument("--scores-topic", default="scores")
+    p.add_argument("--dlq-topic", default="events.dlq")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of the events topic (default: its count if it exists, else 4)",
+    )
+    p.add_argument("--create", action="store_true", help="create what is missing (as an admin), then check")
+    p.add_argument("--worker-principal", default="User:supernova-worker")
+    p.add_argument("--producer-principal", default="User:events-producer")
+    p.add_argument("--reader-principal", default="User:scores-reader")
+    p.add_argument("--reader-group", default="scores-reader", help="the scores reader's consumer group")
+
+    def run(args: argparse.Namespace) -> int:
+        from streams.topics import topic_needs
+        from streams.worker import WorkerConfig
+
+        cfg = WorkerConfig(
+            bootstrap=args.bootstrap,
+            app_id=args.app_id,
+            events_topic=args.events_topic,
+            scores_topic=args.scores_topic,
+            dlq_topic=args.dlq_topic,
+            partitions=args.partitions or 4,
+            kafka=kafka_config(args),
+        )
+        partitions = cfg.partitions
+        if args.create:
+            layout = checked_topics(cfg, args.verbose, create=True)
+            if layout is None:
+                return 2
+            if args.partitions and layout.events != args.partitions:
+                print(
+                    f"error: topic {cfg.events_topic} exists with {layout.events} partitions, "
+                    f"not --partitions {args.partitions}",
+                    file=sys.stderr,
+                )
+                return 2
+            partitions = layout.events
+        print(f"# topics of app id {cfg.app_id}" + (" (exist, checked)" if args.create else ""))
+        for need in topic_needs(cfg, partitions):
+            configs = " ".join(f"{k}={v}" for k, v in need.configs.items())
+            print(f"{need.name}\tpartitions={need.partitions}\t{configs or '-'}\t# {need.role}: {need.note}")
+        print()
+        print(
+            acl_commands(
+                cfg, args.worker_principal, args.producer_principal, args.reader_principal, args.reader_group
+            )
+        )
+        return 0
+
+    p.set_defaults(run=run)
+
+
+def checked_topics(cfg: WorkerConfig, verbose: bool, create: bool) -> TopicLayout | None:
+    """``check_topics``; None after one line on stderr saying what to fix (and the traceback if verbose)."""
+    from streams.topics import TopicError, check_topics
+
+    try:
+        return asyncio.run(check_topics(cfg, create=create))
+    except TopicError as exc:
+        if verbose:
+            log.exception("topics")
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, reader_group: str) -> str:
+    """The minimal ACLs per principal, as ``kafka-acls.sh`` lines."""
+    from streams.topics import faust_leader_topic
+
+    base = f"kafka-acls.sh --bootstrap-server {cfg.bootstrap} --add --allow-principal"
+
+    def grant(principal: str, ops: str, resource: str) -> str:
+        operations = " ".join(f"--operation {op}" for op in ops.split(","))
+        return f"{base} {principal} {operations} {resource}"
+
+    lines = [
+        f"# the worker ({worker})",
+        grant(worker, "Read,Describe", f"--topic {cfg.events_topic}"),
+        grant(worker, "Write,Describe", f"--topic {cfg.scores_topic} --topic {cfg.dlq_topic}"),
+        grant(worker, "Read,Write,Describe,DescribeConfigs", f"--topic {cfg.changelog_topic}"),
+        grant(worker, "Read,Describe", f"--group {cfg.group_id} --group {cfg.app_id}"),
+        "# faust's assignor topic (faust consumes it; it creates no topics: no Create right needed)",
+        grant(worker, "Read,Describe", f"--topic {faust_leader_topic(cfg)}"),
+        "# --exactly-once only: the worker's transactional ids",
+        grant(worker, "Write,Describe", f"--transactional-id {cfg.app_id}- --resource-pattern-type prefixed"),
+        f"# producers of events ({producer})",
+        grant(producer, "Write,Describe", f"--topic {cfg.events_topic}"),
+        f"# readers of scores ({reader})",
+        grant(reader, "Read,Describe", f"--topic {cfg.scores_topic}"),
+        grant(reader, "Read", f"--group {reader_group}"),
+    ]
+    return "\n".join(lines)
