@@ -7,6 +7,7 @@ its coroutine with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -119,7 +120,13 @@ def test_data_and_offsets_survive_broker_sigkill(tmp_path: Path) -> None:
             await consumer.start()
             try:
                 tp = TopicPartition(topic, 0)
+                # After a restart the broker loads __consumer_offsets before it answers for
+                # the group (GroupCoordinatorNotAvailable meanwhile): ask until it does.
+                deadline = time.monotonic() + 60
                 committed = await consumer.committed(tp)
+                while committed is None and time.monotonic() < deadline:
+                    await asyncio.sleep(1)
+                    committed = await consumer.committed(tp)
             finally:
                 await consumer.stop()
             # A fresh group re-reads everything from the start.
