@@ -48,6 +48,19 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"model": model, "features": features, "scores": scores}
 
 
+def _all_scored(worker: WorkerProcess, rows: int) -> None:
+    """Start the worker, publish the first ``rows`` sample rows, and see each transaction scored."""
+    events = _events(rows)
+    n = sum(e.type == "transaction" for e in events)
+    worker.start()
+    try:
+        _publish(worker.bootstrap, worker.topics["events"], events)
+        scores = _scores(worker.bootstrap, worker.topics["scores"], n)
+    finally:
+        worker.stop()
+    assert len({msgspec.json.decode(m.value, type=ScoreMessage).event_id for m in scores}) == n
+
+
 def _events(limit: int = N_ROWS) -> list[Event]:
     _, items = file_events(SPEC, SAMPLE, limit, adapter=ADAPTER)
     return [e for e in items if isinstance(e, Event)]
@@ -154,15 +167,7 @@ def test_changelog_that_is_not_compacted_is_refused_in_one_line(
     # Fixed as the line says (the same change, through the admin API): every event scored.
     compact = ConfigResource(ConfigResourceType.TOPIC, t["changelog"], {"cleanup.policy": "compact"})
     asyncio.run(_admin(bs, ("alter_configs", [compact])))
-    events = _events(1_000)
-    n = sum(e.type == "transaction" for e in events)
-    worker.start()
-    try:
-        _publish(bs, t["events"], events)
-        scores = _scores(bs, t["scores"], n)
-    finally:
-        worker.stop()
-    assert len({msgspec.json.decode(m.value, type=ScoreMessage).event_id for m in scores}) == n
+    _all_scored(worker, 1_000)
 
 
 def test_changelog_with_another_partition_count_than_events_is_refused(
@@ -204,16 +209,8 @@ def test_missing_topic_without_create_rights_then_supernova_topics_create_then_a
     assert counts == {t["events"]: 3, t["scores"]: 3, t["dlq"]: 3, t["changelog"]: 3}
     assert policy == "compact"
 
-    events = _events(1_500)
-    n = sum(e.type == "transaction" for e in events)
     worker.partitions = 3
-    worker.start()
-    try:
-        _publish(bs, t["events"], events)
-        scores = _scores(bs, t["scores"], n)
-    finally:
-        worker.stop()
-    assert len({msgspec.json.decode(m.value, type=ScoreMessage).event_id for m in scores}) == n
+    _all_scored(worker, 1_500)
 
 
 def test_partitions_added_while_running_stop_the_worker_then_a_new_app_id_scores_like_replay(
