@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from streams.cli_bootstrap import add_bootstrap_command
 
-    add_bootstrap_command(sub, _kafka_args, _kafka_config)
+    add_bootstrap_command(sub, _kafka_args, _kafka_config, _adapter_arg)
 
     from streams.cli_topics import add_topics_command
 

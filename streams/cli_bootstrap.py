@@ -13,8 +13,9 @@ def add_bootstrap_command(
     sub: Any,
     kafka_args: Callable[[argparse.ArgumentParser], None],
     kafka_config: Callable[[argparse.Namespace], dict[str, Any]],
+    adapter_arg: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    """Add ``bootstrap`` to an argparse subparsers object."""
+    """Add ``bootstrap`` to an argparse subparsers object (the shared arguments come from the caller)."""
     p = sub.add_parser(
         "bootstrap",
         help="replay history files and write the records to the worker's changelog: workers start warm",
@@ -28,11 +29,7 @@ def add_bootstrap_command(
         metavar="FILE",
         help="history file, CSV(.gz) or JSON lines(.gz) (repeatable: merged by ts)",
     )
-    p.add_argument(
-        "--adapter",
-        metavar="FILE.py[:NAME]",
-        help="input adapter mapping CSV rows to events (as for replay); JSON lines need none",
-    )
+    adapter_arg(p)
     kafka_args(p)
     p.add_argument("--app-id", required=True, help="the workers' --app-id (names the changelog and group)")
     p.add_argument("--events-topic", default="events", help="the workers' --events-topic")
