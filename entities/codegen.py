@@ -24,6 +24,7 @@ import dis
 import inspect
 import keyword
 import math
+import sys
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -305,6 +306,7 @@ class Compiler:
             exact_std=exact_std,
             exact_centred=exact_centred,
             astuple=msgspec.structs.astuple,
+            intern=sys.intern,
             EventError=EventError,
             plan=runtime,
             bisect_right=bisect_right,
@@ -558,10 +560,15 @@ def _reads_event(fn: Callable[..., Any]) -> bool:
 
 
 def _fields_of(attrs: str, rp: AttributePlan) -> str:
-    """Source of the item fields of an attrs struct: attribute reads, or astuple for odd names."""
+    """Source of the item fields of an attrs struct: attribute reads, or astuple for odd names.
+
+    Text fields are interned: a merchant or category name is then one object however
+    many items hold it (a decoded record's text is interned too, entities/columns.py).
+    """
     names = list(rp.rep.fields)
     if all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
-        return ", ".join(f"{attrs}.{n}" for n in names)
+        text = {n for n, t in rp.rep.fields.items() if base_type(t) is str}
+        return ", ".join(f"intern({attrs}.{n})" if n in text else f"{attrs}.{n}" for n in names)
     return f"*astuple({attrs})"
 
 

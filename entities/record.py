@@ -11,7 +11,10 @@
   however old (event-id dedupe alone only reaches back as far as retention).
 
 Records serialise to msgpack with a schema version and the spec's layout hash, so a
-record written under an incompatible layout is refused instead of misread.
+record written under an incompatible layout is refused instead of misread. Version 2
+stores each repeated attribute as columns (``entities/columns.py``): typed arrays
+for ts and numbers, dictionary-coded text, 16-byte event ids when they are hex
+digests; version 1 (tuples of items) is still read.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from typing import Any
 
 import msgspec
 
+from entities.columns import ColumnsCodec, ColumnsError
 from entities.events import attrs_struct
 from entities.spec import Spec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECENT_FIXED_IDS = 16  # fixed-attribute event ids remembered for dedupe
 
 
@@ -66,6 +70,25 @@ class SupernovaRecord:
         return {name: len(items) for name, items in self.items.items()}
 
 
+def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
+    return msgspec.defstruct(
+        name,
+        [
+            ("v", int),
+            ("layout", str),
+            ("entity_id", str),
+            ("fixed", fixed_type),
+            ("items", items_type),
+            ("lifetime", dict[str, dict[str, list[float]]]),
+            ("last_ts", dict[str, int]),
+            ("duplicates", int),
+            ("offset", int),
+            ("fixed_ids", list[str]),
+        ],
+        array_like=True,
+    )
+
+
 class RecordCodec:
     """msgpack encoding of records for one spec layout."""
 
@@ -73,7 +96,13 @@ class RecordCodec:
         self.layout = spec.layout_hash()
         self.repeated = list(spec.repeated)
         self._fixed_type = attrs_struct("fixed", dict(spec.fixed.fields), optional=True)
-        items_type = msgspec.defstruct(
+        self._columns = [ColumnsCodec(name, dict(rep.fields)) for name, rep in spec.repeated.items()]
+        columns_type = msgspec.defstruct(
+            "columns", [(c.name, c.struct) for c in self._columns], array_like=True
+        )
+        self._columns_type = columns_type
+        self._state_type = _state_type("record", self._fixed_type, columns_type)
+        items_v1 = msgspec.defstruct(
             "items",
             [
                 (name, list[tuple[(int, str, *rep.fields.values())]])  # type: ignore[misc]
@@ -81,25 +110,11 @@ class RecordCodec:
             ],
             array_like=True,
         )
-        self._items_type = items_type
-        self._state_type = msgspec.defstruct(
-            "record",
-            [
-                ("v", int),
-                ("layout", str),
-                ("entity_id", str),
-                ("fixed", self._fixed_type),
-                ("items", items_type),
-                ("lifetime", dict[str, dict[str, list[float]]]),
-                ("last_ts", dict[str, int]),
-                ("duplicates", int),
-                ("offset", int),
-                ("fixed_ids", list[str]),
-            ],
-            array_like=True,
-        )
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(self._state_type)
+        self._decoders = {
+            1: msgspec.msgpack.Decoder(_state_type("record_v1", self._fixed_type, items_v1)),
+            2: msgspec.msgpack.Decoder(self._state_type),
+        }
 
     def new(self, entity_id: str) -> SupernovaRecord:
         """An empty record for an entity."""
@@ -115,12 +130,10 @@ class RecordCodec:
         Copies what the engine mutates in place (lists, the lifetime counters) but not
         the items, which are immutable tuples: far cheaper than encoding.
         """
-        return self._state_type(
-            SCHEMA_VERSION,
-            self.layout,
+        return (
             record.entity_id,
             self._fixed_type(**record.fixed),
-            self._items_type(*(record.items[n][:] for n in self.repeated)),
+            [record.items[n][:] for n in self.repeated],
             {name: {k: v[:] for k, v in stats.items()} for name, stats in record.lifetime.items()},
             dict(record.last_ts),
             record.duplicates,
@@ -130,35 +143,63 @@ class RecordCodec:
 
     def encode_snapshot(self, snapshot: Any) -> bytes:
         """Serialise what ``snapshot`` took."""
-        return self._encoder.encode(snapshot)
+        entity_id, fixed, items, lifetime, last_ts, duplicates, offset, fixed_ids = snapshot
+        columns = self._columns_type(*(c.encode(its) for c, its in zip(self._columns, items, strict=True)))
+        state = self._state_type(
+            SCHEMA_VERSION,
+            self.layout,
+            entity_id,
+            fixed,
+            columns,
+            lifetime,
+            last_ts,
+            duplicates,
+            offset,
+            fixed_ids,
+        )
+        return self._encoder.encode(state)
 
-    def _check_header(self, data: bytes) -> None:
+    def _header(self, data: bytes) -> tuple[int, str] | None:
+        """(version, layout) when the bytes start like a record of any version."""
         try:
             head = msgspec.msgpack.decode(data)
         except msgspec.MsgspecError:
-            return
-        if isinstance(head, list) and len(head) >= 2:
-            if head[0] != SCHEMA_VERSION:
-                raise RecordError(f"record schema version {head[0]}, expected {SCHEMA_VERSION}")
-            if head[1] != self.layout:
-                raise RecordError(f"record written for layout {head[1]}, this spec has {self.layout}")
+            return None
+        if isinstance(head, list) and len(head) >= 2 and isinstance(head[0], int):
+            return head[0], str(head[1])
+        return None
 
     def decode(self, data: bytes) -> SupernovaRecord:
         """Deserialise a record; raise RecordError on corrupt or foreign bytes."""
+        # A record is a 10-element msgpack array whose first element is its version.
+        version = data[1] if len(data) > 1 and data[0] == 0x9A else None
+        decoder = self._decoders.get(version)  # type: ignore[arg-type]
         try:
-            state: Any = self._decoder.decode(data)
+            if decoder is None:
+                raise msgspec.DecodeError("not a record")
+            state: Any = decoder.decode(data)
         except msgspec.MsgspecError as exc:
-            self._check_header(data)  # a foreign version/layout says so, not "does not decode"
+            head = self._header(data)  # a foreign version/layout says so, not "does not decode"
+            if head is not None and head[0] not in self._decoders:
+                raise RecordError(f"record schema version {head[0]}, expected {SCHEMA_VERSION}") from None
+            if head is not None and head[1] != self.layout:
+                raise RecordError(
+                    f"record written for layout {head[1]}, this spec has {self.layout}"
+                ) from None
             raise RecordError(f"record does not decode: {exc}") from None
-        if state.v != SCHEMA_VERSION:
-            raise RecordError(f"record schema version {state.v}, expected {SCHEMA_VERSION}")
         if state.layout != self.layout:
             raise RecordError(f"record written for layout {state.layout}, this spec has {self.layout}")
         record = SupernovaRecord(state.entity_id, self.repeated)
         record.fixed = msgspec.structs.asdict(state.fixed)
         record.fixed = {k: v for k, v in record.fixed.items() if v is not msgspec.UNSET}
-        for name in self.repeated:
-            items = getattr(state.items, name)
+        for i, name in enumerate(self.repeated):
+            if version == 1:
+                items = getattr(state.items, name)
+            else:
+                try:
+                    items = self._columns[i].decode(getattr(state.items, name))
+                except ColumnsError as exc:
+                    raise RecordError(f"record does not decode: {exc}") from None
             record.items[name] = items
             record.ids[name] = {item[1] for item in items}
         record.lifetime = state.lifetime

@@ -1,0 +1,165 @@
+"""A repeated attribute's items stored as columns: the compact part of a record.
+
+Items live in memory as tuples ``(ts, event_id, *fields)``; at rest each attribute is
+one column per position, so encoding is a transpose and a copy of arrays and a
+record costs bytes per item, not Python objects per item:
+
+- ``ts``: msgpack integers (encoded and decoded in C, unlike a typed array built from
+  Python ints);
+- event ids: 16 bytes each when every id is a lowercase 32-digit hex string (Sparkov's
+  ``trans_num``, uuid4 hex), else the strings; both decode to the exact ids, so
+  dedupe within retention stays exact;
+- ``float`` fields: float64 (bit for bit, NaN included);
+- ``str`` fields: the distinct values in first-seen order plus 1-, 2- or 4-byte codes;
+  decoded values are interned, so a merchant name is one object in the process
+  however many records hold it;
+- anything else (``int``, ``bool``, dates, optional fields): the values, typed.
+
+The layout keeps columns contiguous and typed so a compiled kernel can later run the
+window updates over them directly.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from typing import Any
+
+import msgspec
+
+from entities.spec import base_type
+
+_SWAP = sys.byteorder != "little"  # the bytes at rest are little-endian everywhere
+_CODE_TYPES = ((1 << 8, "B"), (1 << 16, "H"), (1 << 32, "I"))
+_HEX_ID = 32
+
+
+class ColumnsError(ValueError):
+    """Columns whose lengths or codes do not fit together."""
+
+
+class Text(msgspec.Struct, array_like=True):
+    """A dictionary-coded text column: distinct values and one code per item."""
+
+    values: list[str]
+    codes: bytes
+
+
+class Ids(msgspec.Struct, array_like=True):
+    """Event ids: ``hex`` (16 bytes per id) when all are 32-digit lowercase hex, else ``text``."""
+
+    hex: bytes = b""
+    text: list[str] | None = None
+
+
+def _pack(typecode: str, values: Any) -> bytes:
+    arr = array(typecode, values)
+    if _SWAP:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _unpack(typecode: str, data: bytes, n: int) -> list[Any]:
+    arr = array(typecode)
+    if len(data) != n * arr.itemsize:
+        raise ColumnsError(f"a {typecode} column of {len(data)} bytes for {n} items")
+    arr.frombytes(data)
+    if _SWAP:
+        arr.byteswap()
+    return arr.tolist()
+
+
+def encode_ids(ids: tuple[str, ...]) -> Ids:
+    """Event ids in their compact form (exact either way)."""
+    joined = "".join(ids)
+    if len(joined) == _HEX_ID * len(ids) and min(map(len, ids)) == _HEX_ID:  # so all are 32
+        try:
+            raw = bytes.fromhex(joined)
+        except ValueError:
+            raw = b""
+        if raw.hex() == joined:  # fromhex also takes upper case and spaces: not exact
+            return Ids(hex=raw)
+    return Ids(text=list(ids))
+
+
+def decode_ids(ids: Ids, n: int) -> list[str]:
+    """The event ids ``encode_ids`` stored."""
+    if ids.text is not None:
+        if len(ids.text) != n:
+            raise ColumnsError(f"{len(ids.text)} event ids for {n} items")
+        return ids.text
+    if len(ids.hex) != n * _HEX_ID // 2:
+        raise ColumnsError(f"{len(ids.hex)} bytes of event ids for {n} items")
+    text = ids.hex.hex()
+    return [text[i : i + _HEX_ID] for i in range(0, n * _HEX_ID, _HEX_ID)]
+
+
+def encode_text(values: tuple[str, ...]) -> Text:
+    """A text column as distinct values and codes."""
+    index = {v: i for i, v in enumerate(dict.fromkeys(values))}
+    if len(index) <= 256:
+        return Text(list(index), bytes(map(index.__getitem__, values)))
+    typecode = next(t for limit, t in _CODE_TYPES if len(index) <= limit)
+    return Text(list(index), _pack(typecode, map(index.__getitem__, values)))
+
+
+def decode_text(column: Text, n: int) -> list[str]:
+    """The values of a text column, interned."""
+    if not n:
+        return []
+    width = len(column.codes) // n
+    typecode = {1: "B", 2: "H", 4: "I"}.get(width)
+    if typecode is None:
+        raise ColumnsError(f"text codes of {len(column.codes)} bytes for {n} items")
+    values = [sys.intern(v) for v in column.values]
+    try:
+        return list(map(values.__getitem__, _unpack(typecode, column.codes, n)))
+    except IndexError:
+        raise ColumnsError("a text code beyond its values") from None
+
+
+class ColumnsCodec:
+    """Encodes one repeated attribute's items as columns and back."""
+
+    def __init__(self, name: str, fields: dict[str, Any]) -> None:
+        self.name = name
+        self.kinds: list[str] = []
+        members: list[tuple[str, Any]] = [("n", int), ("ts", list[int]), ("ids", Ids)]
+        for i, t in enumerate(fields.values()):  # positional names: a field may be called "n"
+            kind = {float: "float", str: "text"}.get(base_type(t), "typed")
+            self.kinds.append(kind)
+            members.append((f"f{i}", {"float": bytes, "text": Text}.get(kind, list[t])))  # type: ignore[valid-type]
+        self.struct = msgspec.defstruct(f"{name}_columns", members, array_like=True)
+
+    def encode(self, items: list[tuple[Any, ...]]) -> Any:
+        """The items as one columns struct."""
+        n = len(items)
+        if not n:
+            return self.struct(0, [], Ids(), *(_EMPTY[k] for k in self.kinds))
+        ts, ids, *fields = zip(*items, strict=True)
+        columns = [_ENCODE[kind](values) for kind, values in zip(self.kinds, fields, strict=True)]
+        return self.struct(n, ts, encode_ids(ids), *columns)
+
+    def decode(self, columns: Any) -> list[tuple[Any, ...]]:
+        """The items the columns hold, as tuples in their stored order."""
+        n = columns.n
+        if n < 0:
+            raise ColumnsError(f"{n} items")
+        values = msgspec.structs.astuple(columns)[3:]
+        fields = []
+        for kind, column in zip(self.kinds, values, strict=True):
+            if kind == "float":
+                fields.append(_unpack("d", column, n))
+            elif kind == "text":
+                fields.append(decode_text(column, n))
+            elif len(column) != n:
+                raise ColumnsError(f"{len(column)} values for {n} items")
+            else:
+                fields.append(column)
+        if len(columns.ts) != n:
+            raise ColumnsError(f"{len(columns.ts)} timestamps for {n} items")
+        return list(zip(columns.ts, decode_ids(columns.ids, n), *fields, strict=True))
+
+
+_EMPTY: dict[str, Any] = {"float": b"", "text": Text([], b""), "typed": []}
+_ENCODE: dict[str, Any] = {"float": lambda v: _pack("d", v), "text": encode_text, "typed": list}
