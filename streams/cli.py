@@ -51,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="model artifact directory: also score (repeatable: one per scored type)",
     )
     p.add_argument("--scores-out", type=Path, help="scores, as --features-out (needs --model)")
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        help="keep at most this many MB of records in memory, the rest in a RocksDB beside the "
+        "output (for populations larger than memory; same output; default: all in memory)",
+    )
     p.set_defaults(run=_replay)
 
     p = sub.add_parser("worker", help="run the streaming worker (faust app + batch loop)")
@@ -218,6 +224,7 @@ def _replay(args: argparse.Namespace) -> int:
             on_reject=on_reject,
             on_progress=advance,
             warmup=args.warmup,
+            cache_mb=args.cache_mb,
         )
     print(summary.line())
     return 0

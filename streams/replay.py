@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import operator
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,11 +29,14 @@ import pyarrow.parquet as pq
 
 from entities.engine import BatchResult, Engine, feature_matrix
 from entities.events import Event, EventCodec
+from entities.record import SupernovaRecord
 from entities.spec import Spec, load_spec
 from models.dataset import schema_metadata
 from streams.adapters import AdapterRef, require_adapter, resolve_adapter
+from streams.cache import MB, RecordCache
 from streams.history import History
 from streams.sources import Block, Rejected, is_csv
+from streams.store import PartitionStore
 
 if TYPE_CHECKING:
     from models.artifact import Artifact
@@ -282,8 +286,13 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     adapter: AdapterRef = None,
     warmup: Sequence[Path] = (),
+    cache_mb: float | None = None,
 ) -> ReplaySummary:
     """Replay ``input_path`` and write Parquet; return the summary.
+
+    ``cache_mb``: keep at most that many MB of records in memory, the rest in a
+    RocksDB beside the output (streams.cache), for populations larger than memory;
+    None keeps every record in memory. The output is the same either way.
 
     ``warmup`` files come first in the same history (merged by ts, see
     streams.history): they update records but give no output rows.
@@ -312,19 +321,21 @@ def replay(
     started = time.perf_counter()
     history = History.of([input_path], codec, adapter_type, warmup, limit)
 
-    def run() -> tuple[Engine, ReplaySummary]:
+    spill_dir = next(iter({**features_paths, **scores_paths}.values()), Path("out")).parent
+
+    def run() -> ReplaySummary:
         output = _Output(spec, features_paths, artifacts, scores_paths if artifacts else {})
         try:
-            engine, summary = _run(spec, history, output, on_reject, on_progress)
+            with _records(spec, cache_mb, spill_dir) as (engine, cached):
+                summary = _run(engine, cached, history, output, on_reject, on_progress)
             output.close()
         except BaseException:
             output.discard()
             raise
-        return engine, summary
+        return summary
 
     with _gc_tuned():
-        engine, summary = history.retry_unsorted(run)
-    summary.entities = len(engine.records)
+        summary = history.retry_unsorted(run)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -348,17 +359,60 @@ def _gc_tuned() -> Iterator[None]:
         gc.unfreeze()
 
 
+class _Spilled:
+    """Replay's records beyond ``--cache-mb``: a RocksDB that evicted records go to."""
+
+    def __init__(self, engine: Engine, cache: RecordCache, store: PartitionStore) -> None:
+        self.engine, self.cache, self.store = engine, cache, store
+
+    def process(self, batch: list[Event]) -> BatchResult:
+        """``Engine.process`` with the batch's records loaded first and the cache trimmed after."""
+        self.cache.load(dict.fromkeys(map(_ENTITY_ID, batch)))
+        result = self.engine.process(batch)
+        self.cache.note_changed(result.changed)
+        self.cache.evict(write=self.write)
+        return result
+
+    def write(self, records: list[tuple[str, SupernovaRecord]]) -> None:
+        """Persist records leaving the cache."""
+        encode = self.engine.codec.encode
+        self.store.commit([(eid, encode(rec)) for eid, rec in records], None, None)
+
+    def entities(self) -> int:
+        """Entities seen: every cached record written, then the store's count."""
+        self.write(list(self.cache.records.items()))
+        return self.store.count_records()
+
+
+@contextmanager
+def _records(spec: Spec, cache_mb: float | None, spill_dir: Path) -> Iterator[tuple[Engine, _Spilled | None]]:
+    """An engine whose records are all in memory, or a bounded cache over a spill store."""
+    if cache_mb is None:
+        yield Engine(spec), None
+        return
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    store = PartitionStore(Path(tempfile.mkdtemp(prefix=".supernova-records-", dir=spill_dir)))
+    try:
+        engine = Engine(spec)
+        cache = RecordCache(spec, engine.codec, store.get_many, int(cache_mb * MB))
+        engine.records = cache.records
+        yield engine, _Spilled(engine, cache, store)
+    finally:
+        store.destroy()
+
+
 def _run(
-    spec: Spec,
+    engine: Engine,
+    cached: _Spilled | None,
     history: History,
     output: _Output,
     on_reject: Callable[[Any], None] | None,
     on_progress: Callable[[int], None] | None,
-) -> tuple[Engine, ReplaySummary]:
-    engine = Engine(spec)
+) -> ReplaySummary:
     summary = ReplaySummary()
+    process = engine.process if cached is None else cached.process
     for batch in _batches(history.blocks(), summary, on_reject):
-        result = history.output_only(engine.process(batch), batch)
+        result = history.output_only(process(batch), batch)
         summary.events += len(batch)
         summary.scored += len(result.scored)
         summary.duplicates += result.duplicates
@@ -369,7 +423,8 @@ def _run(
         output.add(result)
         if on_progress is not None:
             on_progress(len(batch))
-    return engine, summary
+    summary.entities = len(engine.records) if cached is None else cached.entities()
+    return summary
 
 
 def _batches(

@@ -84,6 +84,10 @@ class PartitionStore:
         """Up to ``n`` stored records (the first by key; metadata keys sort before them)."""
         return [bytes(v) for v in islice(self.db.values(from_key=b"\x01"), n)]
 
+    def count_records(self) -> int:
+        """How many records the store holds (a full key scan)."""
+        return sum(1 for _ in self.db.keys(from_key=b"\x01"))
+
     def quarantine(self, entity_id: str, data: bytes) -> None:
         """Move undecodable record bytes aside so the entity can start afresh."""
         wb = WriteBatch(raw_mode=True)

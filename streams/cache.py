@@ -1,0 +1,150 @@
+"""Records in memory, bounded in bytes: the worker's and replay's record cache.
+
+The store (RocksDB) holds every record; the cache holds the records in use, up to a
+byte budget (``--cache-mb``). Each call is per batch, never per event: ``load``
+moves the batch's entities to the recent end and brings the missing ones in with one
+multi-get; ``note_changed`` re-measures the records a batch changed; ``evict`` drops
+the least recently used records, skipping those the caller cannot drop yet (the
+worker: changed since its last checkpoint) or writing them first (replay).
+
+Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, what a
+tuple of its fields, its event id in the dedupe set and its share of the window
+state take in CPython, allocator slack included (calibrated on the RSS of a fraudTest
+replay: ~710 bytes per transaction, ~70 KB for a card with a month of history).
+``make bench-scale`` reports the RSS this gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from entities.record import RecordCodec, RecordError, SupernovaRecord
+from entities.spec import Spec, base_type
+
+log = logging.getLogger(__name__)
+
+MB = 1 << 20
+RECORD_BYTES = 6_144  # the record object, its dicts, fixed attributes, lifetime stats, windows
+ITEM_BYTES = 600  # tuple, list slot, ts, id str and its set entry, window share, allocator slack
+FIELD_BYTES = {float: 32, int: 36, str: 8}  # interned text: a pointer; other types: OTHER_BYTES
+OTHER_BYTES = 64
+
+
+def item_bytes(spec: Spec) -> dict[str, int]:
+    """Estimated bytes of one retained item, per repeated attribute."""
+    return {
+        name: ITEM_BYTES + sum(FIELD_BYTES.get(base_type(t), OTHER_BYTES) for t in rep.fields.values())
+        for name, rep in spec.repeated.items()
+    }
+
+
+class RecordCache:
+    """One partition's records in memory, least recently used first, within ``budget`` bytes."""
+
+    def __init__(
+        self,
+        spec: Spec,
+        codec: RecordCodec,
+        get_many: Callable[[list[str]], list[bytes | None]],
+        budget: int,
+        on_corrupt: Callable[[str, bytes, RecordError], None] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.budget = budget
+        self.records: dict[str, SupernovaRecord] = {}  # insertion order = recency
+        self.sizes: dict[str, int] = {}
+        self.bytes = 0
+        self.loads = 0  # records read from the store
+        self.evictions = 0
+        self._get_many = get_many
+        self._on_corrupt = on_corrupt
+        self._item_bytes = list(item_bytes(spec).items())
+
+    def size_of(self, record: SupernovaRecord) -> int:
+        """Estimated bytes of a record in memory."""
+        items = record.items
+        return RECORD_BYTES + sum(len(items[name]) * size for name, size in self._item_bytes)
+
+    def load(self, entity_ids: Iterable[str]) -> None:
+        """Make these entities the most recent; bring the missing ones from the store."""
+        records = self.records
+        missing = []
+        for entity_id in entity_ids:
+            rec = records.pop(entity_id, None)
+            if rec is None:
+                missing.append(entity_id)
+            else:
+                records[entity_id] = rec
+        if not missing:
+            return
+        for entity_id, data in zip(missing, self._get_many(missing), strict=True):
+            if data is None:
+                continue
+            try:
+                rec = self.codec.decode(data)
+            except RecordError as err:
+                if self._on_corrupt is None:
+                    raise
+                self._on_corrupt(entity_id, data, err)
+                continue
+            records[entity_id] = rec
+            size = self.sizes[entity_id] = self.size_of(rec)
+            self.bytes += size
+            self.loads += 1
+
+    def note_changed(self, entity_ids: Iterable[str]) -> None:
+        """Re-measure records a batch changed (or created)."""
+        records, sizes = self.records, self.sizes
+        for entity_id in entity_ids:
+            rec = records.get(entity_id)
+            if rec is None:
+                continue
+            size = self.size_of(rec)
+            self.bytes += size - sizes.get(entity_id, 0)
+            sizes[entity_id] = size
+
+    def evict(
+        self,
+        keep: Callable[[str], bool] = lambda entity_id: False,
+        write: Callable[[list[tuple[str, SupernovaRecord]]], None] | None = None,
+    ) -> list[str]:
+        """Drop least recently used records until within budget; return their entity ids.
+
+        ``keep(entity_id)``: records that must stay (not yet durable); ``write``, if
+        given, receives every dropped record first (replay spills them to its store).
+        """
+        if self.bytes <= self.budget:
+            return []
+        records, sizes = self.records, self.sizes
+        dropped: list[str] = []
+        excess = self.bytes - self.budget
+        for entity_id in records:
+            if excess <= 0:
+                break
+            if keep(entity_id):
+                continue
+            excess -= sizes.get(entity_id, 0)
+            dropped.append(entity_id)
+        if write is not None:
+            write([(eid, records[eid]) for eid in dropped])
+        for entity_id in dropped:
+            del records[entity_id]
+            self.bytes -= sizes.pop(entity_id, 0)
+        self.evictions += len(dropped)
+        return dropped
+
+    def drop(self, entity_id: str) -> None:
+        """Forget one record (it is re-read from the store when next needed)."""
+        if self.records.pop(entity_id, None) is not None:
+            self.bytes -= self.sizes.pop(entity_id, 0)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for metrics and logs."""
+        return {
+            "records": len(self.records),
+            "bytes": self.bytes,
+            "loads": self.loads,
+            "evictions": self.evictions,
+        }
