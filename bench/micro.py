@@ -3,7 +3,7 @@
 Runs the worker's own calls on real Sparkov events in batches shaped like the
 worker's (one partition's share of a poll), after a warm-up that fills the
 30-day windows, and prints µs per event for each step. Use it to see what a
-change in ``streams/worker.py`` or ``entities/`` buys before running the full bench.
+change in ``streams/`` (the worker's parts) or ``entities/`` buys before running the full bench.
 
     python -m bench.micro [--events 150000] [--batch 1250] [--model DIR]
 """
@@ -34,8 +34,9 @@ from models.scorer import Scorer
 from streams.kafka_io import partition_for
 from streams.produce import file_events
 from streams.sources import Rejected
+from streams.state import Partition
 from streams.store import PartitionStore
-from streams.worker import BatchWorker, WorkerConfig, _Partition, tune_gc
+from streams.worker import BatchWorker, WorkerConfig, tune_gc
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     # The worker's own score step, on a partition that is never started (no I/O).
     worker = BatchWorker(WorkerConfig(partitions=args.partitions), spec, scorer)
     bare = BatchWorker(WorkerConfig(partitions=args.partitions, include_features=False), spec, scorer)
-    part = _Partition(TopicPartition("events", 0), store, engine)
+    part = Partition(TopicPartition("events", 0), store, engine)
     try:
         for start in range(warm, len(mine), args.batch):
             keys_values = wire[start : start + args.batch]
@@ -84,11 +85,11 @@ def main(argv: list[str] | None = None) -> None:
             ]
             messages = t(
                 "score messages (predict, build, encode)",
-                lambda s=scored, r=result: worker._scores(s, r.rows),
+                lambda s=scored, r=result: worker.emitter.scores(s, r.rows),
             )
             matrix = np.array(result.rows, dtype=np.float64)
             t("  of which predict (200 trees)", lambda m=matrix: scorer.score(m))
-            t("  the same without features", lambda s=scored, r=result: bare._scores(s, r.rows))
+            t("  the same without features", lambda s=scored, r=result: bare.emitter.scores(s, r.rows))
             t("producer batch append", lambda v=[m[1] for m in messages]: _append(v))
             snapshots = t(
                 "record copy at the checkpoint",

@@ -1,11 +1,12 @@
 """Wall-clock timers around the steps of the worker's batch loop (for ``worker_entry --timing``).
 
-Wraps, without editing ``streams/``: the poll (``getmany``), decode (per event), the
-record loads, ``Engine.process`` (append + features), predict, building the score
-messages, record encoding for the changelog, handing batches to the producer,
-waiting for delivery (``asyncio.gather`` inside the worker), the RocksDB write and
-the consumer commit. Whatever ``process`` spends outside these is "other" (loop
-bookkeeping, metrics, dead-letter and dedupe checks, cache trimming).
+Wraps, without editing ``streams/``, in the modules of the worker's parts: the poll
+(``getmany``), decode (per event), the record loads, ``Engine.process`` (append +
+features), predict, building the score messages, record encoding for the changelog,
+handing batches to the producer, waiting for delivery (``asyncio.gather`` inside
+the checkpoint), the RocksDB write and the consumer commit. Whatever ``process``
+spends outside these is "other" (loop bookkeeping, metrics, dead-letter and dedupe
+checks, cache trimming).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import streams.checkpoint as checkpoint_module
+import streams.emit as emit_module
 import streams.worker as worker_module
 from entities.engine import Engine
 from entities.events import EventCodec
 from entities.record import RecordCodec
 from models.scorer import Scorer
+from streams.state import RecordCache
 from streams.store import PartitionStore
 
 
@@ -125,18 +129,19 @@ def install(path: Path) -> StepTimers:
 
     worker_module.BatchWorker.start = start_and_wrap  # type: ignore[method-assign]
     t.wrap(EventCodec, "decode", "decode")
-    t.wrap(worker_module.BatchWorker, "_load", "record load")
+    t.wrap(RecordCache, "load", "record load")
     t.wrap(Engine, "process", "engine (append + features)")
     t.wrap(Scorer, "score", "predict")
-    t.wrap(worker_module.BatchWorker, "_scores", "score messages (incl. predict)")
+    t.wrap(emit_module.Emitter, "scores", "score messages (incl. predict)")
     t.wrap(RecordCodec, "encode_snapshot", "record encode (a slice per poll)")
-    t.wrap(worker_module, "send_batches", "producer batches (append + send_batch)")
+    t.wrap(emit_module, "send_batches", "producer batches (append + send_batch)")
+    t.wrap(checkpoint_module, "send_batches", "producer batches (append + send_batch)")
     t.wrap(worker_module.BatchWorker, "checkpoint", "checkpoint boundary")
-    t.wrap(worker_module._Checkpoint, "copy_before_change", "record copies before change")
+    t.wrap(checkpoint_module.Checkpoint, "copy_before_change", "record copies before change")
     t.wrap(PartitionStore, "commit", "rocksdb write")
     _time_gc(t)
     gather = _timed_gather(t)
-    worker_module.asyncio = types.SimpleNamespace(**{**vars(asyncio), "gather": gather})  # type: ignore[assignment]
+    checkpoint_module.asyncio = types.SimpleNamespace(**{**vars(asyncio), "gather": gather})  # type: ignore[assignment]
     return t
 
 

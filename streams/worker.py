@@ -1,30 +1,27 @@
 """The hot path: a batch loop from the events topic to the scores topic.
 
-Per poll (up to ``max_batch`` messages over all assigned partitions): decode every
-message with msgspec, load the records the poll touches (one multi-get per
-partition), run ``Engine.process`` (the same call as replay), one LightGBM predict
-per scored event type for the whole poll (each type has its own model), and send
-the scores and dead letters as producer batches. No per-event await, no per-event
-RocksDB write, no per-event changelog message.
+Per poll (up to ``max_batch`` messages over all assigned partitions) the loop runs
+named parts, each in its own module:
 
-Every ``commit_interval`` (5 s; 0.1 s in exactly-once mode) the worker checkpoints:
-it notes the records changed since the last checkpoint and encodes them a little per
-loop iteration (a tenth of the time the iteration took, and idle time), so that no
-poll waits for all of them (work in bursts is what makes latency tails at steady
-load). A noted record that a poll is about to change first gets copied
-(``RecordCodec.snapshot``); the others are encoded as they are, since they still hold
-the boundary's state.
-Then, as a background task, it waits until the scores sent so far are acknowledged,
-writes the records once to the compacted changelog, then one RocksDB ``WriteBatch``
-per partition with those records *and* the input offset they cover, then commits
-the consumer offsets. In exactly-once mode the span between checkpoints is one Kafka
-transaction (scores, dead letters, changelog and offsets), persisted before the next
-poll.
+- ``streams/sequencing.py``: the messages that continue each partition's sequence,
+  decoded into events (invalid ones become dead letters);
+- ``streams/apply.py``: the partition's records loaded (one multi-get) and the events
+  not applied before run through ``Engine.process``, the same call as replay;
+- ``streams/emit.py``: one predict per scored event type for the whole poll, then the
+  score messages and dead letters sent as producer batches;
+- ``streams/checkpoint.py``: every ``commit_interval``, the changed records made
+  durable (changelog, then RocksDB with the offsets they cover, then the consumer
+  offsets), encoded a little per loop iteration and persisted beside the loop;
+- ``streams/state.py``: per partition, its positions, its records in memory over
+  its store (``RecordCache``) and the last scores.
+
+No per-event await, no per-event RocksDB write, no per-event changelog message.
+This module holds the loop, the clients, partition assignment and the HTTP queries.
 
 After a crash the worker resumes at the last checkpoint (or, from the changelog,
 at the start of the last checkpoint it logged) and applies the events since then
 again: scores of those events are sent again (at-least-once), while records never
-hold an event twice (event-id dedupe).
+hold an event twice (input offsets, then event-id dedupe).
 """
 
 from __future__ import annotations
@@ -39,22 +36,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from rocksdict import WriteBatch
 
-from entities.engine import BatchResult, Engine, feature_matrix
-from entities.events import Event, EventCodec, EventError
-from entities.record import RecordCodec, RecordError, SupernovaRecord
+from entities.engine import Engine
+from entities.events import EventCodec
+from entities.record import RecordCodec, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
-from streams import messages as msg
-from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, Message, send_batches
+from streams.apply import apply
+from streams.checkpoint import Checkpointer
+from streams.emit import Emitter, Scored
+from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, Message
 from streams.layout import LayoutCheck, LayoutMismatch
 from streams.partitioning import MISROUTED_HINT, Routing
 from streams.recovery import Restored, restore
 from streams.security import shown_fixed
+from streams.sequencing import decode, in_sequence
+from streams.state import Partition
 from streams.store import PartitionStore
 from streams.telemetry import WorkerMetrics
 from streams.topics import METADATA_MAX_AGE_MS, TopicError, check_topics, partitions_changed_line
@@ -112,73 +111,6 @@ class WorkerConfig:
         return f"{self.app_id}-worker"
 
 
-@dataclass
-class _Partition:
-    """State of one assigned input partition."""
-
-    tp: TopicPartition
-    store: PartitionStore
-    engine: Engine
-    position: int = 0  # next input offset to apply
-    checkpointed: int = 0  # input offset covered by the store
-    changelog_next: int = 0
-    dirty: set[str] = field(default_factory=set)
-    reseeked: int | None = None
-    # entity_id -> event type -> (score, event_id, feature row) of its last score of that type
-    last: dict[str, dict[str, tuple[float, str, list[float]]]] = field(default_factory=dict)
-
-
-@dataclass
-class _Span:
-    """What one checkpoint persists for one partition: offsets [start, end) and its records."""
-
-    part: _Partition
-    start: int
-    end: int
-    batch: WriteBatch  # the records for RocksDB, filled as they are encoded
-    changed: list[tuple[str, bytes]] = field(default_factory=list)  # the same, for the changelog
-    # The records to encode: a copy (RecordCodec.snapshot) taken before the loop
-    # changed the record again, or None while the live record holds the boundary's state.
-    pending: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Checkpoint:
-    """A checkpoint's boundary: records still to encode, the sends to wait for."""
-
-    spans: list[_Span]
-    in_flight: list[Any]
-
-    def copy_before_change(self, part: _Partition, entity_ids: set[str]) -> None:
-        """Copy the records of ``entity_ids`` still to be encoded as at the boundary."""
-        for span in self.spans:
-            if span.part is part:
-                pending, records, snapshot = span.pending, part.engine.records, part.engine.codec.snapshot
-                for entity_id in entity_ids:
-                    if entity_id in pending and pending[entity_id] is None:
-                        pending[entity_id] = snapshot(records[entity_id])
-
-    def encode(self, until: float | None = None) -> bool:
-        """Encode records until ``perf_counter()`` passes ``until`` (all if None); True once none are left.
-
-        At least one record per call, so that a checkpoint always moves on.
-        """
-        clock = time.perf_counter
-        for span in self.spans:
-            pending, records, codec = span.pending, span.part.engine.records, span.part.engine.codec
-            while pending:
-                entity_id, snapshot = pending.popitem()
-                if snapshot is None:  # unchanged since the boundary
-                    data = codec.encode(records[entity_id])
-                else:
-                    data = codec.encode_snapshot(snapshot)
-                span.changed.append((entity_id, data))
-                span.batch.put(entity_id.encode(), data)  # copied now: a little at a time, too
-                if until is not None and clock() >= until:
-                    return not any(span.pending for span in self.spans)
-        return True
-
-
 class BatchWorker:
     """Consumes events, maintains records, scores, produces; one instance per process."""
 
@@ -197,28 +129,28 @@ class BatchWorker:
         self.scorers: dict[str, Scorer] = dict(scorers or {})
         self.metrics = metrics or WorkerMetrics()
         self.codec = EventCodec(spec, max_event_bytes=cfg.max_event_bytes)
-        self.spec_hash = spec.hash()
-        self.feature_names = {t: spec.feature_names_of(t) for t in spec.scored_types}
-        self._features = {t: msg.features_struct(names) for t, names in self.feature_names.items()}
-        self._single_type = spec.scored_types[0] if len(spec.scored_types) == 1 else None
-        self.parts: dict[int, _Partition] = {}
+        self.parts: dict[int, Partition] = {}
         self.lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.in_flight: list[Any] = []  # delivery futures since the last checkpoint
-        self.in_transaction = False
-        self._persisting: asyncio.Future[None] | None = None
-        self._encoding: _Checkpoint | None = None  # taken, its records not all encoded yet
         self.changelog_producer: AIOKafkaProducer | None = None
-        self.last_checkpoint = time.monotonic()
         self._stopping = False
         # Issue 18: the partitioner contract and records of another layout.
         self.routing = Routing(cfg.partitions)
-        # Issue 23: outputs are partitioned by key (murmur2) with their topic's own count.
-        self.scores_routing = self.dlq_routing = self.routing
         self._partitions_checked = 0.0
         self.layout = LayoutCheck(RecordCodec(spec))
         self.fatal: str | None = None  # why the worker refuses to go on (it stops)
+        # Issue 23: outputs are partitioned by key (murmur2) with their topic's own count.
+        self.emitter = Emitter(
+            spec,
+            self.scorers,
+            self.routing,
+            self.metrics,
+            cfg.scores_topic,
+            cfg.dlq_topic,
+            include_features=cfg.include_features,
+        )
+        self.checkpoints = Checkpointer(cfg, self.parts, self.metrics)
 
     @property
     def transactional_id(self) -> str:
@@ -241,8 +173,9 @@ class BatchWorker:
             log.error("%s", exc)
             return
         self.routing = Routing(layout.events)
-        self.scores_routing = self.routing if layout.scores == layout.events else Routing(layout.scores)
-        self.dlq_routing = self.routing if layout.dlq == layout.events else Routing(layout.dlq)
+        emitter = self.emitter
+        emitter.scores_routing = self.routing if layout.scores == layout.events else Routing(layout.scores)
+        emitter.dlq_routing = self.routing if layout.dlq == layout.events else Routing(layout.dlq)
         common = {"bootstrap_servers": self.cfg.bootstrap, **self.cfg.kafka}
         producer = {
             **common,
@@ -280,6 +213,7 @@ class BatchWorker:
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         await self.consumer.start()
+        self.checkpoints.connect(self.producer, self.changelog_producer, self.consumer)
         self.consumer.subscribe([self.cfg.events_topic], listener=_Rebalance(self))
         tune_gc()
 
@@ -308,9 +242,10 @@ class BatchWorker:
             return
         assert self.consumer is not None
         interval = self.cfg.commit_interval_ms / 1000
+        checkpoints = self.checkpoints
         while not (self._stopping or should_stop() or self.fatal or self._partitions_changed()):
             batches = await self.consumer.getmany(
-                timeout_ms=self.cfg.poll_timeout_ms if self._encoding is None else ENCODE_IDLE_POLL_MS,
+                timeout_ms=self.cfg.poll_timeout_ms if checkpoints.encoding is None else ENCODE_IDLE_POLL_MS,
                 max_records=self.cfg.max_batch,
             )
             started = time.perf_counter()
@@ -324,13 +259,56 @@ class BatchWorker:
                     # The young generation, collected here instead of wherever the allocator
                     # hits the threshold: after the scores are on their way, and small.
                     gc.collect(0)
-                if self._encoding is not None:
+                if checkpoints.encoding is not None:
                     now = time.perf_counter()
-                    self._encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
-                elif time.monotonic() - self.last_checkpoint >= interval and (
-                    self._persisting is None or self._persisting.done()
-                ):
+                    checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
+                elif checkpoints.due(interval):
                     await self.checkpoint(wait=False)
+
+    async def process(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """One poll: decode, update records, score once, send (not yet wait for) the results."""
+        assert self.consumer is not None
+        m = self.metrics
+        rows: list[list[float]] = []
+        scored: list[Scored] = []
+        dead: list[Message] = []
+        dead_letter = self.emitter.dead_letter
+        encoding = self.checkpoints.encoding
+        for tp, messages in batches.items():
+            part = self.parts.get(tp.partition)
+            if part is None or not messages:
+                continue
+            messages = in_sequence(self.consumer, part, messages)
+            if not messages:
+                continue
+            m.events_in.inc(len(messages))
+            misrouted = self.routing.misrouted(tp.partition, messages)
+            if misrouted:
+                m.misrouted.inc(misrouted)
+            m.batch_size.observe(len(messages))
+            events, origin = decode(self.codec, self.cfg.max_future_ms, part, messages, dead_letter, dead)
+            result = apply(part, events, origin, encoding, m)
+            for ev, err in result.rejected:
+                dead.append(dead_letter(part, origin[id(ev)], str(err)))
+            m.duplicates.inc(result.duplicates)
+            m.late.inc(sum(result.late))
+            rows.extend(result.rows)
+            scored.extend(
+                (part, ev, origin[id(ev)], late) for ev, late in zip(result.scored, result.late, strict=True)
+            )
+            part.position = messages[-1].offset + 1
+        if not scored and not dead:
+            return
+        await self.checkpoints.begin()
+        assert self.producer is not None
+        await self.emitter.send(self.producer, scored, rows, dead, self.checkpoints.in_flight)
+
+    async def checkpoint(self, wait: bool = True) -> None:
+        """Make everything processed so far durable (``Checkpointer.checkpoint``).
+
+        With ``wait=False`` the records are encoded and persisted beside the loop.
+        """
+        await self.checkpoints.checkpoint(wait)
 
     def _partitions_changed(self) -> bool:
         """Whether the events topic's partition count differs from the one at start (sets ``fatal``)."""
@@ -349,334 +327,6 @@ class BatchWorker:
         if self.fatal is None:
             self.fatal = partitions_changed_line(self.cfg, self.routing.partitions, now)
             log.error("%s", self.fatal)
-
-    def _apply(self, part: _Partition, events: list[Event], origin: dict[int, Any]) -> BatchResult:
-        """One partition's decoded events into its records (those not applied before)."""
-        touched = {e.entity_id for e in events}
-        self._load(part, touched)
-        if self._encoding is not None:  # the checkpoint in progress keeps what it needs
-            self._encoding.copy_before_change(part, touched)
-        return part.engine.process(self._not_yet_applied(part, events, origin))
-
-    def _in_sequence(self, part: _Partition, records: list[Any]) -> list[Any]:
-        """The records that continue exactly where this partition left off.
-
-        A fetch issued around a (re)assignment can deliver records from another
-        position than the one the partition seeked to; applying them would skip
-        events. Such a batch is dropped and the consumer seeked back. A gap that
-        persists after that seek is real (transaction markers) and is accepted.
-        """
-        assert self.consumer is not None
-        position = part.position
-        if records[-1].offset < position:
-            return []
-        if records[0].offset < position:
-            return [r for r in records if r.offset >= position]
-        if records[0].offset > position and part.reseeked != position:
-            log.warning("%s: got offset %d, expected %d: seeking back", part.tp, records[0].offset, position)
-            self.consumer.seek(part.tp, position)
-            part.reseeked = position
-            return []
-        return records
-
-    async def process(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """One poll: decode, update records, score once, send (not yet wait for) the results."""
-        m = self.metrics
-        rows: list[list[float]] = []
-        scored: list[tuple[_Partition, Event, Any, bool]] = []
-        dead: list[Message] = []
-        for tp, records in batches.items():
-            part = self.parts.get(tp.partition)
-            if part is None or not records:
-                continue
-            records = self._in_sequence(part, records)
-            if not records:
-                continue
-            m.events_in.inc(len(records))
-            misrouted = self.routing.misrouted(tp.partition, records)
-            if misrouted:
-                m.misrouted.inc(misrouted)
-            m.batch_size.observe(len(records))
-            events, origin = self._decode(part, records, dead)
-            result = self._apply(part, events, origin)
-            for ev, err in result.rejected:
-                dead.append(self._dead_letter(part, origin[id(ev)], str(err)))
-            m.duplicates.inc(result.duplicates)
-            m.late.inc(sum(result.late))
-            rows.extend(result.rows)
-            scored.extend(
-                (part, ev, origin[id(ev)], late) for ev, late in zip(result.scored, result.late, strict=True)
-            )
-            part.dirty |= result.changed
-            part.position = records[-1].offset + 1
-        if not scored and not dead:
-            return
-        await self._begin()
-        scores = self._scores(scored, rows)
-        assert self.producer is not None
-        self.in_flight += await send_batches(self.producer, self.cfg.scores_topic, scores)
-        self.in_flight += await send_batches(self.producer, self.cfg.dlq_topic, dead)
-        if scored:
-            now = time.time()
-            m.latency.observe_many(now - np.array([rec.timestamp for _, _, rec, _ in scored]) / 1000.0)
-        m.scores_out.inc(len(scores))
-
-    def _decode(
-        self, part: _Partition, records: list[Any], dead: list[Message]
-    ) -> tuple[list[Event], dict[int, Any]]:
-        events: list[Event] = []
-        origin: dict[int, Any] = {}
-        decode = self.codec.decode
-        horizon = int(time.time() * 1000) + self.cfg.max_future_ms
-        for rec in records:
-            if rec.key is None:
-                reason = "null key"
-            else:
-                try:
-                    event = decode(rec.value if rec.value is not None else b"")
-                except EventError as err:
-                    reason = str(err)
-                else:
-                    if event.entity_id.encode() != rec.key:
-                        reason = f"field 'entity_id': {event.entity_id!r} differs from the message key"
-                    elif event.ts > horizon:
-                        reason = f"field 'ts': {event.ts} is more than {self.cfg.max_future_ms} ms ahead"
-                    else:
-                        events.append(event)
-                        origin[id(event)] = rec
-                        continue
-            dead.append(self._dead_letter(part, rec, reason))
-        return events, origin
-
-    def _not_yet_applied(self, part: _Partition, events: list[Event], origin: dict[int, Any]) -> list[Event]:
-        """Drop events a record already holds (replayed after a crash); stamp the rest's offsets.
-
-        Offsets are exact where event-id dedupe is not: a replayed span can reach
-        back further than retention keeps ids.
-        """
-        records = part.engine.records
-        fresh = []
-        skipped = 0
-        for ev in events:
-            offset = origin[id(ev)].offset
-            rec = records.get(ev.entity_id)
-            if rec is None:
-                rec = part.engine.record(ev.entity_id)
-            if offset <= rec.offset:
-                skipped += 1
-                continue
-            rec.offset = offset
-            fresh.append(ev)
-        if skipped:
-            self.metrics.replayed.inc(skipped)
-        return fresh
-
-    def _load(self, part: _Partition, entity_ids: set[str]) -> None:
-        """Bring the records of these entities into the engine's cache (one multi-get)."""
-        records = part.engine.records
-        missing = [e for e in entity_ids if e not in records]
-        if not missing:
-            return
-        for entity_id, data in zip(missing, part.store.get_many(missing), strict=True):
-            if data is None:
-                continue
-            try:
-                records[entity_id] = part.engine.codec.decode(data)
-            except RecordError as err:
-                log.error("quarantined record of entity %r (it starts afresh): %s", entity_id, err)
-                self.metrics.quarantined.inc()
-                part.store.quarantine(entity_id, data)
-
-    def _scores(
-        self, scored: list[tuple[_Partition, Event, Any, bool]], rows: list[list[float]]
-    ) -> list[Message]:
-        """Score messages in the order of ``scored``: one predict per event type, by its model."""
-        if not scored:
-            return []
-        if self._single_type is not None:
-            by_type: dict[str, list[int]] = {self._single_type: list(range(len(scored)))}
-        else:
-            by_type = {}
-            for k, (_, ev, _, _) in enumerate(scored):
-                try:
-                    by_type[ev.type].append(k)
-                except KeyError:
-                    by_type[ev.type] = [k]
-        out: list[Message] = [None] * len(scored)  # type: ignore[list-item]  # all set below
-        for event_type, at in by_type.items():
-            if len(at) == len(scored):  # one type in this poll: no copies
-                self._score_type(event_type, at, scored, rows, out)
-            else:
-                self._score_type(event_type, at, [scored[k] for k in at], [rows[k] for k in at], out)
-        return out
-
-    def _score_type(
-        self,
-        event_type: str,
-        at: list[int],
-        scored: list[tuple[_Partition, Event, Any, bool]],
-        rows: list[list[float]],
-        out: list[Message],
-    ) -> None:
-        """The messages of one event type's scored events, placed at positions ``at`` of ``out``."""
-        result = self.scorers[event_type].score(feature_matrix(rows, len(self.feature_names[event_type])))
-        now_ms = int(time.time() * 1000)
-        features = self._features[event_type] if self.cfg.include_features else None
-        extras = result.has_extra
-        encode = msg.score_encoder.encode
-        score_message, source = msg.ScoreMessage, msg.Source
-        model, version, spec_hash = result.model, result.version, self.spec_hash
-        partition = self.scores_routing.partition
-        # Positional arguments, no per-event attribute chains: this loop runs per event.
-        for i, (k, (part, ev, rec, late), row, score) in enumerate(
-            zip(at, scored, rows, result.scores.tolist(), strict=True)
-        ):
-            tp = part.tp
-            message = score_message(
-                ev.event_id,
-                ev.entity_id,
-                event_type,
-                ev.ts,
-                now_ms,
-                model,
-                version,
-                spec_hash,
-                score,
-                source(tp.topic, tp.partition, rec.offset),
-                late,
-                None if features is None else features(*row),  # type: ignore[arg-type]  # same JSON
-                **(result.extra(i) if extras else {}),
-            )
-            last = (score, ev.event_id, row)
-            try:
-                part.last[ev.entity_id][event_type] = last
-            except KeyError:
-                part.last[ev.entity_id] = {event_type: last}
-            out[k] = (rec.key, encode(message), [], partition(rec.key))
-
-    def _dead_letter(self, part: _Partition, rec: Any, reason: str) -> Message:
-        self.metrics.dlq.labels(reason=reason.split(":")[0][:60]).inc()
-        headers = [
-            (msg.DLQ_REASON, reason.encode()),
-            (msg.DLQ_SOURCE, f"{part.tp.topic}/{part.tp.partition}/{rec.offset}".encode()),
-        ]
-        key = rec.key
-        # By key like scores; a message without a key stays with its source partition's number.
-        p = (
-            self.dlq_routing.partition(key)
-            if key is not None
-            else part.tp.partition % self.dlq_routing.partitions
-        )
-        return (key, rec.value if rec.value is not None else b"", headers, p)
-
-    # --- checkpoints ----------------------------------------------------------------
-
-    async def _begin(self) -> None:
-        if self.cfg.exactly_once and not self.in_transaction:
-            assert self.producer is not None
-            await self.producer.begin_transaction()
-            self.in_transaction = True
-
-    async def checkpoint(self, wait: bool = True) -> None:
-        """Make everything processed so far durable: scores, then changelog, then store, then offsets.
-
-        The boundary is taken here: the changed records are noted, and each is copied
-        before the loop changes it again. With ``wait=False`` they are encoded a little
-        per loop iteration and the I/O runs as a task while the loop goes on; in
-        exactly-once mode, and with ``wait``, all of it happens now (the next
-        transaction may only start once this one is committed). Checkpoints never
-        overlap: a new one first finishes the previous.
-        """
-        if self._persisting is not None:
-            await self._persisting
-            self._persisting = None
-        if self._encoding is not None:
-            taken, self._encoding = self._encoding, None
-            taken.encode()
-            await self._persist(taken)
-        self.last_checkpoint = time.monotonic()
-        gc.collect(1)  # what survived the per-poll collections since the last checkpoint
-        boundary = self._take()
-        if boundary is None:
-            return
-        if wait or self.cfg.exactly_once:
-            boundary.encode()
-            await self._persist(boundary)
-        else:
-            self._encoding = boundary
-
-    def _take(self) -> _Checkpoint | None:
-        """Note the records changed since the last checkpoint; take the pending sends."""
-        spans = []
-        for part in self.parts.values():
-            if part.position <= part.checkpointed:
-                continue
-            span = _Span(part, part.checkpointed, part.position, part.store.batch())
-            records = part.engine.records
-            span.pending = dict.fromkeys(eid for eid in part.dirty if eid in records)
-            part.dirty.clear()
-            spans.append(span)
-            part.checkpointed = part.position
-        in_flight, self.in_flight = self.in_flight, []
-        if not spans and not in_flight and not self.in_transaction:
-            return None
-        return _Checkpoint(spans, in_flight)
-
-    def _encode_some(self, until: float) -> None:
-        """Encode records of the checkpoint in progress until ``until``; persist it once complete."""
-        assert self._encoding is not None
-        if self._encoding.encode(until=until):
-            taken, self._encoding = self._encoding, None
-            self._persisting = asyncio.ensure_future(self._persist(taken))
-
-    async def _persist(self, taken: _Checkpoint) -> None:
-        assert self.changelog_producer is not None and self.consumer is not None
-        started = time.monotonic()
-        spans = taken.spans
-        await asyncio.gather(*taken.in_flight)  # scores first: a changelog entry means "done"
-        await self._begin()
-        deliveries = []
-        for span in spans:
-            p = span.part.tp.partition
-            headers = [
-                (msg.CL_BATCH_START, str(span.start).encode()),
-                (msg.CL_BATCH_END, str(span.end).encode()),
-            ]
-            cl = [(eid.encode(), data, headers, p) for eid, data in span.changed]
-            deliveries.append(
-                await send_batches(self.changelog_producer, self.cfg.changelog_topic, cl, count=True)
-            )
-        offsets = {span.part.tp: span.end for span in spans}
-        if self.cfg.exactly_once:
-            assert self.producer is not None
-            if offsets:
-                await self.producer.send_offsets_to_transaction(offsets, self.cfg.group_id)
-            await self.producer.commit_transaction()
-            self.in_transaction = False
-        for span, delivery in zip(spans, deliveries, strict=True):
-            acked = await asyncio.gather(*delivery)
-            part = span.part
-            if acked:
-                part.changelog_next = max(base + n for base, n in acked)
-            part.store.commit(span.batch, span.end, part.changelog_next)
-            self._trim_cache(part)
-        if offsets and not self.cfg.exactly_once:
-            try:
-                await self.consumer.commit(offsets)
-            except KafkaError as exc:  # e.g. mid-rebalance: the stores hold the positions anyway
-                log.warning("offset commit failed (%s); the stores hold the positions", exc)
-        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
-        for span in spans:
-            hw = self.consumer.highwater(span.part.tp)
-            if hw is not None:
-                self.metrics.lag.labels(partition=str(span.part.tp.partition)).set(max(0, hw - span.end))
-
-    def _trim_cache(self, part: _Partition) -> None:
-        records = part.engine.records
-        excess = len(records) - self.cfg.max_cached_records
-        if excess > 0:  # drop the oldest-loaded records that are durable (not changed since)
-            for eid in [e for e in records if e not in part.dirty][:excess]:
-                del records[eid]
 
     # --- partitions -------------------------------------------------------------------
 
@@ -709,7 +359,7 @@ class BatchWorker:
             if resume is None:  # a new store: start where the group left off, else at the beginning
                 resume = (await self.consumer.committed(tp)) or 0
             self.consumer.seek(tp, resume)
-            part = _Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
+            part = Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
             self.parts[tp.partition] = part
             log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
 
@@ -766,22 +416,20 @@ class BatchWorker:
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
             "duplicates": record.duplicates,
             # Per scored event type: the features and score of the entity's last event of that type.
-            "features": {t: dict(zip(self.feature_names[t], v[2], strict=True)) for t, v in last.items()},
+            "features": {
+                t: dict(zip(self.emitter.feature_names[t], v[2], strict=True)) for t, v in last.items()
+            },
             "last_score": {t: {"score": v[0], "event_id": v[1]} for t, v in last.items()},
         }
 
-    def _held(self, entity_id: str, hashed: int) -> tuple[_Partition, SupernovaRecord] | None:
+    def _held(self, entity_id: str, hashed: int) -> tuple[Partition, SupernovaRecord] | None:
         """The partition (the hashed one first) and record of an entity held here."""
         order = sorted(self.parts, key=lambda q: q != hashed)
         for q in order:
             part = self.parts[q]
-            record: SupernovaRecord | None = part.engine.records.get(entity_id)
-            if record is None:
-                data = part.store.get_many([entity_id])[0]
-                if data is None:
-                    continue
-                record = part.engine.codec.decode(data)
-            return part, record
+            record = part.cache.peek(entity_id)
+            if record is not None:
+                return part, record
         return None
 
     def not_found(self, entity_id: str) -> str:

@@ -3,7 +3,7 @@
 The worker notes the changed records at the boundary and encodes them over the next
 polls; a record a poll is about to change is copied first. Here the worker's own
 checkpoint steps run on real Sparkov events without a broker: the events after the
-boundary go through ``BatchWorker._apply``, the per-partition step of
+boundary go through ``streams.apply.apply``, the per-partition step of
 ``BatchWorker.process`` (copy before change, offset stamping, ``Engine.process``),
 and every encoded record must equal that of an engine fed only the events before
 the boundary.
@@ -20,9 +20,13 @@ from aiokafka import TopicPartition
 from entities.engine import Engine
 from entities.events import Event
 from entities.spec import load_spec
+from streams.apply import apply
+from streams.checkpoint import Checkpoint
 from streams.produce import file_events
+from streams.state import Partition
 from streams.store import PartitionStore
-from streams.worker import BatchWorker, WorkerConfig, _Partition
+from streams.telemetry import WorkerMetrics
+from streams.worker import BatchWorker, WorkerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "examples" / "fraud" / "spec.py"
@@ -30,11 +34,12 @@ ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 
 
-def _poll(worker: BatchWorker, part: _Partition, events: list[Event], first_offset: int) -> None:
+def _poll(
+    part: Partition, events: list[Event], first_offset: int, encoding: Checkpoint | None = None
+) -> None:
     """What ``BatchWorker.process`` does to one partition's records for one poll."""
     origin = {id(ev): SimpleNamespace(offset=first_offset + i) for i, ev in enumerate(events)}
-    result = worker._apply(part, events, origin)
-    part.dirty |= result.changed
+    apply(part, events, origin, encoding, WorkerMetrics())
     part.position = first_offset + len(events)
 
 
@@ -44,11 +49,11 @@ def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> No
     events = [e for e in islice(items, 6_000) if isinstance(e, Event)]
     before, after = events[:4_000], events[4_000:]
     worker = BatchWorker(WorkerConfig(data_dir=tmp_path), spec, scorers={})
-    part = _Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "p0"), Engine(spec))
+    part = Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "p0"), Engine(spec))
     worker.parts[0] = part
-    _poll(worker, part, before, 0)
+    _poll(part, before, 0)
 
-    worker._encoding = checkpoint = worker._take()
+    checkpoint = worker.checkpoints.take()
     assert checkpoint is not None
     assert not checkpoint.encode(until=0.0)  # a deadline already past: one record, not none
     assert len(checkpoint.spans[0].changed) == 1
@@ -56,12 +61,12 @@ def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> No
         checkpoint.encode(until=0.0)
     assert len(checkpoint.spans[0].changed) == 50
     for start in range(0, len(after), 500):  # polls after the boundary
-        _poll(worker, part, after[start : start + 500], len(before) + start)
+        _poll(part, after[start : start + 500], len(before) + start, checkpoint)
     checkpoint.encode()
 
     # An independent partition that stopped at the boundary.
-    reference = _Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "ref"), Engine(spec))
-    _poll(BatchWorker(WorkerConfig(), spec, scorers={}), reference, before, 0)
+    reference = Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "ref"), Engine(spec))
+    _poll(reference, before, 0)
     want = {eid: reference.engine.codec.encode(rec) for eid, rec in reference.engine.records.items()}
     got = dict(checkpoint.spans[0].changed)
     assert got.keys() == want.keys()

@@ -1,0 +1,126 @@
+"""The worker's parts, each alone and without a broker: sequencing and the record cache.
+
+The loop over them (``BatchWorker.process``) runs on the real broker in the other
+``test_worker_*`` files; here each part gets the inputs that are hard to provoke
+there: fetches from the wrong position, replayed offsets, undecodable stored records.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from streaming import ADAPTER, SAMPLE, SPEC
+
+from entities.engine import Engine
+from entities.events import Event
+from entities.spec import Spec
+from streams.kafka_io import Message
+from streams.produce import file_events
+from streams.sequencing import decode, in_sequence, not_yet_applied
+from streams.state import Partition
+from streams.store import PartitionStore
+
+
+class _Consumer:
+    """Records the seeks a part asks for."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+def _messages(first: int, n: int) -> list[Any]:
+    return [SimpleNamespace(offset=o) for o in range(first, first + n)]
+
+
+@pytest.fixture
+def part(spec: Spec, tmp_path: Path) -> Any:
+    p = Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "p0"), Engine(spec), position=10)
+    yield p
+    p.store.close()
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    _, items = file_events(SPEC, SAMPLE, 300, adapter=ADAPTER)
+    return [e for e in islice(items, 300) if isinstance(e, Event)]
+
+
+def test_a_fetch_that_continues_the_position_is_kept_and_one_reaching_back_is_trimmed(
+    part: Partition,
+) -> None:
+    consumer: Any = _Consumer()
+    assert [m.offset for m in in_sequence(consumer, part, _messages(10, 3))] == [10, 11, 12]
+    assert [m.offset for m in in_sequence(consumer, part, _messages(8, 4))] == [10, 11]
+    assert in_sequence(consumer, part, _messages(5, 3)) == []
+    assert consumer.seeks == []
+
+
+def test_a_fetch_from_further_on_is_dropped_once_and_the_consumer_seeked_back(part: Partition) -> None:
+    consumer: Any = _Consumer()
+    assert in_sequence(consumer, part, _messages(12, 3)) == []
+    assert consumer.seeks == [(part.tp, 10)]
+    # The same gap after the seek is real (transaction markers): accepted.
+    assert [m.offset for m in in_sequence(consumer, part, _messages(12, 3))] == [12, 13, 14]
+    assert consumer.seeks == [(part.tp, 10)]
+
+
+def test_invalid_messages_become_dead_letters_with_their_reason(part: Partition, events: list[Event]) -> None:
+    codec, _ = file_events(SPEC, SAMPLE, 0, adapter=ADAPTER)
+    good, other = events[0], events[1]
+    messages = [
+        SimpleNamespace(key=good.entity_id.encode(), value=codec.encode(good), offset=10),
+        SimpleNamespace(key=None, value=codec.encode(good), offset=11),
+        SimpleNamespace(key=b"someone else", value=codec.encode(other), offset=12),
+        SimpleNamespace(key=b"k", value=b"{not json", offset=13),
+    ]
+    dead: list[Message] = []
+    decoded, origin = decode(
+        codec, 86_400_000, part, messages, lambda p, m, reason: (m.key, reason.encode(), [], m.offset), dead
+    )
+    assert [e.event_id for e in decoded] == [good.event_id] and origin[id(decoded[0])] is messages[0]
+    assert [d[3] for d in dead] == [11, 12, 13]
+    assert dead[0][1] == b"null key"
+    assert b"differs from the message key" in dead[1][1]
+
+
+def test_events_a_record_already_holds_are_skipped_by_offset(part: Partition, events: list[Event]) -> None:
+    first, second = events[0], next(e for e in events if e.entity_id != events[0].entity_id)
+    part.engine.record(first.entity_id).offset = 20  # applied up to offset 20 before a restart
+    origin = {id(first): SimpleNamespace(offset=20), id(second): SimpleNamespace(offset=21)}
+    fresh, skipped = not_yet_applied(part, [first, second], origin)
+    assert fresh == [second] and skipped == 1
+    assert part.engine.records[second.entity_id].offset == 21
+
+
+def test_the_cache_drops_the_oldest_durable_records_and_keeps_changed_ones(
+    part: Partition, events: list[Event]
+) -> None:
+    cache = part.cache
+    ids = list(dict.fromkeys(e.entity_id for e in events))[:5]
+    for eid in ids:
+        part.engine.record(eid)
+    cache.mark_changed({ids[0]})
+    cache.evict(keep=2)
+    assert list(cache.records) == [ids[0], ids[4]]
+    assert cache.take_changed() == [ids[0]] and cache.changed == set()
+
+
+def test_an_undecodable_stored_record_is_quarantined_and_the_entity_starts_afresh(
+    part: Partition, events: list[Event]
+) -> None:
+    good, bad = events[0].entity_id, "poisoned"
+    record = part.engine.record(good)
+    part.store.commit([(good, part.engine.codec.encode(record)), (bad, b"\x93garbage")], None, None)
+    part.engine.records.clear()
+    assert part.cache.peek(good) is not None and good not in part.cache.records  # peeking loads nothing
+    assert part.cache.load({good, bad}) == 1
+    assert good in part.cache.records and bad not in part.cache.records
+    assert part.store.get_many([bad]) == [None]
