@@ -11,7 +11,8 @@ and faust's one-partition assignor topic, which faust may not create itself
 :func:`check_topics` creates what is missing (when allowed) and refuses what cannot
 work, with a :class:`TopicError` of one line: the topic, what was found, what is
 needed and the command that fixes it. ``supernova topics`` prints the same needs,
-with the minimal ACLs per principal, and creates the topics as an admin.
+with the minimal ACLs per principal (:func:`worker_acls` and the others, which the
+tests grant too), and creates the topics as an admin.
 """
 
 from __future__ import annotations
@@ -87,6 +88,63 @@ def topic_needs(cfg: WorkerConfig, partitions: int) -> list[TopicNeed]:
 def faust_leader_topic(cfg: WorkerConfig) -> str:
     """The topic faust's leader assignor subscribes to (streams.app lets faust create no topics)."""
     return f"{cfg.app_id}-__assignor-__leader"
+
+
+@dataclass(frozen=True)
+class Acl:
+    """One grant to a principal: ``operations`` on the named resources of one type."""
+
+    operations: tuple[str, ...]
+    resource: str  # "topic", "group" or "transactional-id", as kafka-acls.sh spells them
+    names: tuple[str, ...]
+    prefixed: bool = False
+    note: str = ""  # why the grant is there, when that is not obvious
+
+    def resource_args(self) -> list[str]:
+        """The resources as ``kafka-acls.sh`` arguments (``--topic a --topic b``)."""
+        return [arg for name in self.names for arg in (f"--{self.resource}", name)]
+
+    def args(self) -> list[str]:
+        """The grant as ``kafka-acls.sh`` arguments after ``--allow-principal P``."""
+        ops = [arg for op in self.operations for arg in ("--operation", op)]
+        return ops + self.resource_args() + ["--resource-pattern-type", "prefixed"] * self.prefixed
+
+
+def worker_acls(cfg: WorkerConfig) -> list[Acl]:
+    """The minimal rights of ``cfg``'s workers once the topics exist: no Create, nothing on the cluster.
+
+    The worker's topic check needs Describe (and DescribeConfigs on the changelog to see
+    that it is compacted); Write on a topic suffices for idempotent and transactional producers.
+    """
+    return [
+        Acl(("Read", "Describe"), "topic", (cfg.events_topic,)),
+        Acl(("Write", "Describe"), "topic", (cfg.scores_topic, cfg.dlq_topic)),
+        Acl(("Read", "Write", "Describe", "DescribeConfigs"), "topic", (cfg.changelog_topic,)),
+        Acl(("Read", "Describe"), "group", (cfg.group_id, cfg.app_id)),
+        Acl(
+            ("Read", "Describe"),
+            "topic",
+            (faust_leader_topic(cfg),),
+            note="faust's assignor topic (faust consumes it; it creates no topics: no Create right needed)",
+        ),
+        Acl(
+            ("Write", "Describe"),
+            "transactional-id",
+            (f"{cfg.app_id}-",),
+            prefixed=True,
+            note="--exactly-once only: the worker's transactional ids",
+        ),
+    ]
+
+
+def producer_acls(cfg: WorkerConfig) -> list[Acl]:
+    """The rights of a producer of events."""
+    return [Acl(("Write", "Describe"), "topic", (cfg.events_topic,))]
+
+
+def reader_acls(cfg: WorkerConfig, group: str) -> list[Acl]:
+    """The rights of a reader of scores in consumer group ``group``."""
+    return [Acl(("Read", "Describe"), "topic", (cfg.scores_topic,)), Acl(("Read",), "group", (group,))]
 
 
 def topics_command(cfg: WorkerConfig, partitions: int | None = None) -> str:
