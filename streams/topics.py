@@ -222,7 +222,8 @@ def _split_line(cfg: WorkerConfig, events: int, changelog: int) -> str:
 
 def _missing_line(cfg: WorkerConfig, need: TopicNeed, events: int, why: str) -> str:
     return (
-        f"topic {need.name} does not exist ({why}); needs {need.partitions} partitions"
+        f"topic {need.name} does not exist ({why}); needs {need.partitions} partition"
+        + "s" * (need.partitions != 1)
         + (f" with {_configs(need.configs)}" if need.configs else "")
         + f": create the app's topics as an admin with `{topics_command(cfg, events)}`"
     )
@@ -254,12 +255,14 @@ async def _create(
     response = await admin.create_topics(
         [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs) for t in missing]
     )
-    for name, code, message in response.topic_errors:
-        if code in (0, TOPIC_EXISTS):  # a concurrent creator is fine: the check follows
-            continue
-        need = next(t for t in missing if t.name == name)
-        why = f"creating it failed: {for_code(code).__name__}" + (f", {message}" if message else "")
-        raise TopicError(_missing_line(cfg, need, events, why))
+    # A concurrent creator is fine (the check follows). Of several refusals, name the first
+    # topic in the app's order, not the broker's, so the line is the same at every start.
+    failed = {name: (code, message) for name, code, message in response.topic_errors}
+    for need in missing:
+        code, message = failed.get(need.name, (0, None))
+        if code not in (0, TOPIC_EXISTS):
+            why = f"creating it failed: {for_code(code).__name__}" + (f", {message}" if message else "")
+            raise TopicError(_missing_line(cfg, need, events, why))
     for t in missing:
         log.info(
             "created topic %s (%d partitions%s)",
