@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -97,28 +98,18 @@ def checked_topics(cfg: WorkerConfig, verbose: bool, create: bool) -> TopicLayou
 
 def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, reader_group: str) -> str:
     """The minimal ACLs per principal, as ``kafka-acls.sh`` lines."""
-    from streams.topics import faust_leader_topic
+    from streams.topics import producer_acls, reader_acls, worker_acls
 
     base = f"kafka-acls.sh --bootstrap-server {cfg.bootstrap} --add --allow-principal"
-
-    def grant(principal: str, ops: str, resource: str) -> str:
-        operations = " ".join(f"--operation {op}" for op in ops.split(","))
-        return f"{base} {principal} {operations} {resource}"
-
-    lines = [
-        f"# the worker ({worker})",
-        grant(worker, "Read,Describe", f"--topic {cfg.events_topic}"),
-        grant(worker, "Write,Describe", f"--topic {cfg.scores_topic} --topic {cfg.dlq_topic}"),
-        grant(worker, "Read,Write,Describe,DescribeConfigs", f"--topic {cfg.changelog_topic}"),
-        grant(worker, "Read,Describe", f"--group {cfg.group_id} --group {cfg.app_id}"),
-        "# faust's assignor topic (faust consumes it; it creates no topics: no Create right needed)",
-        grant(worker, "Read,Describe", f"--topic {faust_leader_topic(cfg)}"),
-        "# --exactly-once only: the worker's transactional ids",
-        grant(worker, "Write,Describe", f"--transactional-id {cfg.app_id}- --resource-pattern-type prefixed"),
-        f"# producers of events ({producer})",
-        grant(producer, "Write,Describe", f"--topic {cfg.events_topic}"),
-        f"# readers of scores ({reader})",
-        grant(reader, "Read,Describe", f"--topic {cfg.scores_topic}"),
-        grant(reader, "Read", f"--group {reader_group}"),
-    ]
+    lines = []
+    for header, principal, acls in (
+        ("the worker", worker, worker_acls(cfg)),
+        ("producers of events", producer, producer_acls(cfg)),
+        ("readers of scores", reader, reader_acls(cfg, reader_group)),
+    ):
+        lines.append(f"# {header} ({principal})")
+        for acl in acls:
+            if acl.note:
+                lines.append(f"# {acl.note}")
+            lines.append(shlex.join([*base.split(), principal, *acl.args()]))
     return "\n".join(lines)

@@ -11,7 +11,8 @@ and faust's one-partition assignor topic, which faust may not create itself
 :func:`check_topics` creates what is missing (when allowed) and refuses what cannot
 work, with a :class:`TopicError` of one line: the topic, what was found, what is
 needed and the command that fixes it. ``supernova topics`` prints the same needs,
-with the minimal ACLs per principal, and creates the topics as an admin.
+with the minimal ACLs per principal (:func:`worker_acls` and the others, which the
+tests grant too), and creates the topics as an admin.
 """
 
 from __future__ import annotations
@@ -89,6 +90,63 @@ def faust_leader_topic(cfg: WorkerConfig) -> str:
     return f"{cfg.app_id}-__assignor-__leader"
 
 
+@dataclass(frozen=True)
+class Acl:
+    """One grant to a principal: ``operations`` on the named resources of one type."""
+
+    operations: tuple[str, ...]
+    resource: str  # "topic", "group" or "transactional-id", as kafka-acls.sh spells them
+    names: tuple[str, ...]
+    prefixed: bool = False
+    note: str = ""  # why the grant is there, when that is not obvious
+
+    def resource_args(self) -> list[str]:
+        """The resources as ``kafka-acls.sh`` arguments (``--topic a --topic b``)."""
+        return [arg for name in self.names for arg in (f"--{self.resource}", name)]
+
+    def args(self) -> list[str]:
+        """The grant as ``kafka-acls.sh`` arguments after ``--allow-principal P``."""
+        ops = [arg for op in self.operations for arg in ("--operation", op)]
+        return ops + self.resource_args() + ["--resource-pattern-type", "prefixed"] * self.prefixed
+
+
+def worker_acls(cfg: WorkerConfig) -> list[Acl]:
+    """The minimal rights of ``cfg``'s workers once the topics exist: no Create, nothing on the cluster.
+
+    The worker's topic check needs Describe (and DescribeConfigs on the changelog to see
+    that it is compacted); Write on a topic suffices for idempotent and transactional producers.
+    """
+    return [
+        Acl(("Read", "Describe"), "topic", (cfg.events_topic,)),
+        Acl(("Write", "Describe"), "topic", (cfg.scores_topic, cfg.dlq_topic)),
+        Acl(("Read", "Write", "Describe", "DescribeConfigs"), "topic", (cfg.changelog_topic,)),
+        Acl(("Read", "Describe"), "group", (cfg.group_id, cfg.app_id)),
+        Acl(
+            ("Read", "Describe"),
+            "topic",
+            (faust_leader_topic(cfg),),
+            note="faust's assignor topic (faust consumes it; it creates no topics: no Create right needed)",
+        ),
+        Acl(
+            ("Write", "Describe"),
+            "transactional-id",
+            (f"{cfg.app_id}-",),
+            prefixed=True,
+            note="--exactly-once only: the worker's transactional ids",
+        ),
+    ]
+
+
+def producer_acls(cfg: WorkerConfig) -> list[Acl]:
+    """The rights of a producer of events."""
+    return [Acl(("Write", "Describe"), "topic", (cfg.events_topic,))]
+
+
+def reader_acls(cfg: WorkerConfig, group: str) -> list[Acl]:
+    """The rights of a reader of scores in consumer group ``group``."""
+    return [Acl(("Read", "Describe"), "topic", (cfg.scores_topic,)), Acl(("Read",), "group", (group,))]
+
+
 def topics_command(cfg: WorkerConfig, partitions: int | None = None) -> str:
     """The ``supernova topics ... --create`` line that creates ``cfg``'s topics."""
     words = ["supernova", "topics", "--bootstrap", cfg.bootstrap, "--app-id", cfg.app_id]
@@ -164,7 +222,8 @@ def _split_line(cfg: WorkerConfig, events: int, changelog: int) -> str:
 
 def _missing_line(cfg: WorkerConfig, need: TopicNeed, events: int, why: str) -> str:
     return (
-        f"topic {need.name} does not exist ({why}); needs {need.partitions} partitions"
+        f"topic {need.name} does not exist ({why}); needs {need.partitions} partition"
+        + "s" * (need.partitions != 1)
         + (f" with {_configs(need.configs)}" if need.configs else "")
         + f": create the app's topics as an admin with `{topics_command(cfg, events)}`"
     )
@@ -196,12 +255,14 @@ async def _create(
     response = await admin.create_topics(
         [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs) for t in missing]
     )
-    for name, code, message in response.topic_errors:
-        if code in (0, TOPIC_EXISTS):  # a concurrent creator is fine: the check follows
-            continue
-        need = next(t for t in missing if t.name == name)
-        why = f"creating it failed: {for_code(code).__name__}" + (f", {message}" if message else "")
-        raise TopicError(_missing_line(cfg, need, events, why))
+    # A concurrent creator is fine (the check follows). Of several refusals, name the first
+    # topic in the app's order, not the broker's, so the line is the same at every start.
+    failed = {name: (code, message) for name, code, message in response.topic_errors}
+    for need in missing:
+        code, message = failed.get(need.name, (0, None))
+        if code not in (0, TOPIC_EXISTS):
+            why = f"creating it failed: {for_code(code).__name__}" + (f", {message}" if message else "")
+            raise TopicError(_missing_line(cfg, need, events, why))
     for t in missing:
         log.info(
             "created topic %s (%d partitions%s)",

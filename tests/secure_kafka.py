@@ -3,7 +3,7 @@
 ``scripts/kafka`` with ``KAFKA_SECURITY=sasl_ssl`` makes the CA, the broker
 certificate and the SCRAM users admin, worker, producer and reader; this module
 writes each user's ``--kafka-config`` (the password by reference to its secret
-file, never inline) and grants the minimal ACL sets that docs/operations.md lists.
+file, never inline) and grants the minimal ACL sets that ``supernova topics`` prints.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 from aiokafka.helpers import create_ssl_context
 
 from streams.local_kafka import KAFKA_SCRIPT, REPO_DIR, KafkaBroker
+from streams.topics import worker_acls
+from streams.worker import WorkerConfig
 
 SECURITY = {"KAFKA_SECURITY": "sasl_ssl"}
 
@@ -94,17 +96,15 @@ class SecureBroker(KafkaBroker):
 
 
 def worker_grants(app_id: str, topics: dict[str, str]) -> list[tuple[list[str], list[str], bool]]:
-    """The minimal rights of a worker: (operations, resource, prefixed) as docs/operations.md lists them."""
-    return [
-        (["Read", "Describe"], ["--topic", topics["events"]], False),
-        (["Write", "Describe"], ["--topic", topics["scores"], "--topic", topics["dlq"]], False),
-        # Its changelog and faust's own topics (faust asks to create them at every start).
-        (["Create", "Read", "Write", "Describe"], ["--topic", f"{app_id}-"], True),
-        # Its consumer groups: {app_id} (faust) and {app_id}-worker (the batch loop).
-        (["Read", "Describe"], ["--group", app_id], True),
-        # Exactly-once: transactional ids {app_id}-<digest of its data dir>.
-        (["Write", "Describe"], ["--transactional-id", app_id], True),
-    ]
+    """The rights ``supernova topics`` prints for a worker: (operations, resource, prefixed) each.
+
+    Taken from the same code (streams.topics.worker_acls), so the tests grant what the
+    operators are told to grant: no Create (the topics exist), nothing on the cluster.
+    """
+    cfg = WorkerConfig(
+        app_id=app_id, events_topic=topics["events"], scores_topic=topics["scores"], dlq_topic=topics["dlq"]
+    )
+    return [(list(acl.operations), acl.resource_args(), acl.prefixed) for acl in worker_acls(cfg)]
 
 
 def grant_worker(broker: SecureBroker, app_id: str, topics: dict[str, str], user: str = "worker") -> None:

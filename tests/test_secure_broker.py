@@ -24,10 +24,12 @@ from streaming import ADAPTER, REPO, SAMPLE, SPEC, WorkerProcess, read_topic, tr
 
 from entities.events import Event
 from entities.spec import Spec
-from streams.kafka_io import CHANGELOG_CONFIG, ensure_topics
+from streams.kafka_io import ensure_topics
 from streams.messages import ScoreMessage
 from streams.produce import file_events, produce
 from streams.replay import replay
+from streams.topics import topic_needs
+from streams.worker import WorkerConfig
 
 pytestmark = pytest.mark.kafka
 N_ROWS = 5_000
@@ -35,9 +37,14 @@ N_ROWS = 5_000
 
 def create_topics(broker: SecureBroker, worker: WorkerProcess) -> None:
     """As the operator (admin) would: the worker's principal may not create topics."""
-    t, n = worker.topics, worker.partitions
-    topics = [NewTopic(t[k], n, 1) for k in ("events", "scores", "dlq")]
-    topics.append(NewTopic(t["changelog"], n, 1, topic_configs=CHANGELOG_CONFIG))
+    t = worker.topics
+    cfg = WorkerConfig(
+        app_id=worker.prefix, events_topic=t["events"], scores_topic=t["scores"], dlq_topic=t["dlq"]
+    )
+    topics = [
+        NewTopic(n.name, n.partitions, 1, topic_configs=n.configs)
+        for n in topic_needs(cfg, worker.partitions)
+    ]
     asyncio.run(ensure_topics(broker.bootstrap, topics, broker.settings("admin")))
 
 

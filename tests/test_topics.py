@@ -2,13 +2,16 @@
 
 Pre-created topics with their own partition counts, a changelog that cannot work as it
 is, a missing topic with creation switched off, ``supernova topics --create``, and
-partitions added to the events topic while the worker runs.
+partitions added to the events topic while the worker runs. On the secured broker
+(SASL_SSL, ACLs, auto-create off): a worker principal with exactly the ACLs that
+``supernova topics`` prints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from secure_kafka import SecureBroker
 from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
 from test_bootstrap import _assert_equal_to_replay, _live_events, _oracle
 from test_bootstrap import _scores as _bootstrap_scores
@@ -66,9 +70,15 @@ def _events(limit: int = N_ROWS) -> list[Event]:
     return [e for e in items if isinstance(e, Event)]
 
 
-def _publish(bootstrap: str, topic: str, events: list[Event], partitions: int | None = None) -> None:
+def _publish(
+    bootstrap: str,
+    topic: str,
+    events: list[Event],
+    partitions: int | None = None,
+    kafka: dict[str, Any] | None = None,
+) -> None:
     codec, _ = file_events(SPEC, SAMPLE, 1, adapter=ADAPTER)
-    asyncio.run(produce(bootstrap, topic, codec, iter(events), partitions=partitions))
+    asyncio.run(produce(bootstrap, topic, codec, iter(events), partitions=partitions, kafka=kafka))
 
 
 async def _admin(bootstrap: str, *calls: tuple[str, Any]) -> list[Any]:
@@ -96,11 +106,11 @@ def _describe(bootstrap: str, worker: WorkerProcess) -> tuple[dict[str, int], st
     return counts, policy
 
 
-def _scores(bootstrap: str, topic: str, expect: int) -> list[Any]:
+def _scores(bootstrap: str, topic: str, expect: int, kafka: dict[str, Any] | None = None) -> list[Any]:
     def event_id(m: Any) -> str:
         return msgspec.json.decode(m.value, type=ScoreMessage).event_id
 
-    return read_topic(bootstrap, topic, expect, timeout=120, unique=event_id)
+    return read_topic(bootstrap, topic, expect, timeout=120, unique=event_id, kafka=kafka)
 
 
 def _refused(worker: WorkerProcess) -> str:
@@ -211,6 +221,77 @@ def test_missing_topic_without_create_rights_then_supernova_topics_create_then_a
 
     worker.partitions = 3
     _all_scored(worker, 1_500)
+
+
+def test_supernova_topics_acls_are_all_a_least_privilege_worker_needs_on_the_secured_broker(
+    secure_kafka: SecureBroker, replayed: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SASL_SSL, ACLs, auto-create off: each principal gets exactly the ACLs ``supernova topics`` prints.
+
+    Before the topics exist the worker stops with one line naming ``supernova topics ... --create``
+    (whether it may try to create them or not); that command, run as the admin, creates them;
+    then the worker (which may not create anything) scores every transaction once, equal to replay.
+    """
+    b = secure_kafka
+    config = str(b.config_file("worker", tmp_path / "worker.json"))
+    worker = WorkerProcess(
+        b.bootstrap, replayed["model"], tmp_path / "data", extra=["--kafka-config", config]
+    )
+    t = worker.topics
+    app = ["--bootstrap", b.bootstrap, "--app-id", worker.prefix, "--events-topic", t["events"]]
+    app += ["--scores-topic", t["scores"], "--dlq-topic", t["dlq"]]
+    principals = ["--worker-principal", "User:worker", "--producer-principal", "User:producer"]
+    principals += ["--reader-principal", "User:reader"]
+    assert main(["topics", *app, *principals]) == 0
+    acls = _acl_lines(capsys.readouterr().out, b.bootstrap)
+    assert {words[5] for words in acls} == {"User:worker", "User:producer", "User:reader"}
+    assert not [words for words in acls if "Create" in words or "--cluster" in words]
+    for words in acls:
+        b.acl(*words[3:])  # `--add --allow-principal ...`, exactly as printed
+
+    # No topics yet: the worker names the command that creates them, tried to create or not.
+    command = ""
+    for extra, why in (
+        ([], "creating it failed: TopicAuthorizationFailedError"),
+        (["--no-create-topics"], "the worker creates no topics"),
+    ):
+        worker.extra = ["--kafka-config", config, *extra]
+        out = _refused(worker)
+        (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+        assert line.startswith(f"error: topic {t['events']} does not exist ({why}"), line
+        command = line.split("`")[1]
+        assert command == shlex.join(["supernova", "topics", *app, "--partitions", "4", "--create"]), line
+        assert "Traceback" not in out
+
+    # The command it names, as the admin: it creates the topics and prints the same ACLs.
+    admin = str(b.config_file("admin", tmp_path / "admin.json"))
+    assert main([*shlex.split(command)[1:], "--kafka-config", admin, *principals]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# topics of app id {worker.prefix} (exist, checked)")
+    assert f"{t['changelog']}\tpartitions=4\tcleanup.policy=compact" in printed
+    assert _acl_lines(printed, b.bootstrap) == acls
+
+    worker.extra = ["--kafka-config", config]  # may create topics: it needs to create none
+    events = _events()
+    n = sum(e.type == "transaction" for e in events)
+    worker.start()
+    try:
+        _publish(b.bootstrap, t["events"], events, kafka=b.settings("producer"))
+        messages = _scores(b.bootstrap, t["scores"], n, kafka=b.settings("reader"))
+    finally:
+        worker.stop()
+    _assert_equal_to_replay(
+        [msgspec.json.decode(m.value, type=ScoreMessage) for m in messages], replayed, SPEC, n
+    )
+
+
+def _acl_lines(printed: str, bootstrap: str) -> list[list[str]]:
+    """The ``kafka-acls.sh`` lines of ``supernova topics``' output, split into words."""
+    lines = [shlex.split(x) for x in printed.splitlines() if x.startswith("kafka-acls.sh ")]
+    assert lines and all(
+        w[1:5] == ["--bootstrap-server", bootstrap, "--add", "--allow-principal"] for w in lines
+    )
+    return lines
 
 
 def test_partitions_added_while_running_stop_the_worker_then_a_new_app_id_scores_like_replay(
