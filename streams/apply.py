@@ -29,7 +29,10 @@ def apply(
     ``encoding``: the checkpoint whose records are still being encoded, if any.
     """
     touched = {e.entity_id for e in events}
-    quarantined = part.cache.load(touched)
+    loads = part.cache.loads
+    quarantined = part.cache.load_counting(touched)
+    if part.cache.loads > loads:
+        metrics.records_loaded.inc(part.cache.loads - loads)
     if quarantined:
         metrics.quarantined.inc(quarantined)
     if encoding is not None:  # the checkpoint in progress keeps what it needs

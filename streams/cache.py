@@ -26,6 +26,7 @@ from entities.spec import Spec, base_type
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
+DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions together
 RECORD_BYTES = 6_144  # the record object, its dicts, fixed attributes, lifetime stats, windows
 ITEM_BYTES = 600  # tuple, list slot, ts, id str and its set entry, window share, allocator slack
 FIELD_BYTES = {float: 32, int: 36, str: 8}  # interned text: a pointer; other types: OTHER_BYTES

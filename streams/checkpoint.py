@@ -212,13 +212,16 @@ class Checkpointer:
             if acked:
                 part.changelog_next = max(base + n for base, n in acked)
             part.store.commit(span.batch, span.end, part.changelog_next)
-            part.cache.evict(self.cfg.max_cached_records)
+            self.metrics.records_evicted.inc(part.evict())
         if offsets and not self.cfg.exactly_once:
             try:
                 await self.consumer.commit(offsets)
             except KafkaError as exc:  # e.g. mid-rebalance: the stores hold the positions anyway
                 log.warning("offset commit failed (%s); the stores hold the positions", exc)
         self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
+        caches = [part.cache for part in self.parts.values()]
+        self.metrics.cache_bytes.set(sum(c.bytes for c in caches))
+        self.metrics.cache_records.set(sum(len(c.records) for c in caches))
         for span in spans:
             hw = self.consumer.highwater(span.part.tp)
             if hw is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from entities.spec import SpecError, load_spec
+from streams.cache import DEFAULT_CACHE_MB
 from streams.sources import Rejected
 
 log = logging.getLogger("supernova")
@@ -94,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="create no topics: stop, naming a missing one (create them with `supernova topics --create`)",
     )
     p.add_argument("--max-batch", type=int, default=5000)
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=DEFAULT_CACHE_MB,
+        help=f"records held in memory, all partitions together; the rest are read from RocksDB "
+        f"when needed (estimated MB, default {DEFAULT_CACHE_MB})",
+    )
     p.add_argument("--no-features", action="store_true", help="leave features out of scores")
     p.add_argument(
         "--exactly-once",
@@ -309,6 +317,7 @@ def _worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         create_topics=not args.no_create_topics,
         max_batch=args.max_batch,
+        cache_mb=args.cache_mb,
         include_features=not args.no_features,
         expose_pii=args.expose_pii,
         exactly_once=args.exactly_once,

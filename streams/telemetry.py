@@ -88,6 +88,14 @@ class WorkerMetrics:
         )
         self.model_reloads = Counter("supernova_model_reloads", "Hot model switches", registry=r)
         self.lag = Gauge("supernova_consumer_lag", "Messages behind the log end", ["partition"], registry=r)
+        self.cache_bytes = Gauge("supernova_cache_bytes", "Records in memory, estimated bytes", registry=r)
+        self.cache_records = Gauge("supernova_cache_records", "Records in memory", registry=r)
+        self.records_loaded = Counter(
+            "supernova_records_loaded", "Records read from RocksDB into memory", registry=r
+        )
+        self.records_evicted = Counter(
+            "supernova_records_evicted", "Records dropped from memory (--cache-mb)", registry=r
+        )
 
     def render(self) -> bytes:
         """Prometheus text exposition."""

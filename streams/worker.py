@@ -45,6 +45,7 @@ from entities.record import RecordCodec, SupernovaRecord
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams.apply import apply
+from streams.cache import DEFAULT_CACHE_MB, MB
 from streams.checkpoint import Checkpointer
 from streams.emit import Emitter, Scored
 from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, Message
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 ENCODE_SHARE = 0.1
 ENCODE_MIN_S = 0.0005
 ENCODE_IDLE_POLL_MS = 5
+CACHE_SLACK = 1.25  # records in memory may exceed --cache-mb by this factor before an early checkpoint
 PARTITIONS_CHECK_S = 1.0  # how often the loop compares the events topic's partition count
 
 
@@ -97,7 +99,7 @@ class WorkerConfig:
     # its partitions (the new owner's scores included) until the broker aborts it at
     # this timeout: 10 s as Kafka Streams sets for exactly-once, not the client's 60 s.
     transaction_timeout_ms: int = 10_000
-    max_cached_records: int = 100_000
+    cache_mb: float = DEFAULT_CACHE_MB  # records held in memory, all partitions together (estimated)
     kafka: dict[str, Any] = field(default_factory=dict)  # security settings, passed through
 
     @property
@@ -262,8 +264,16 @@ class BatchWorker:
                 if checkpoints.encoding is not None:
                     now = time.perf_counter()
                     checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
-                elif checkpoints.due(interval):
+                elif checkpoints.due(interval) or (self._cache_full() and checkpoints.due(0)):
                     await self.checkpoint(wait=False)
+
+    def _cache_full(self) -> bool:
+        """Records in memory past ``--cache-mb`` by a quarter: checkpoint early, so that they may leave.
+
+        Only durable records leave the cache; between checkpoints every record a poll
+        changed stays, so a burst over many entities would otherwise outgrow the budget.
+        """
+        return sum(p.cache.bytes for p in self.parts.values()) > CACHE_SLACK * self.cfg.cache_mb * MB
 
     async def process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         """One poll: decode, update records, score once, send (not yet wait for) the results."""
@@ -362,6 +372,12 @@ class BatchWorker:
             part = Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
             self.parts[tp.partition] = part
             log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
+        self._share_cache()
+
+    def _share_cache(self) -> None:
+        """Split ``--cache-mb`` evenly over the partitions held."""
+        for part in self.parts.values():
+            part.cache.budget = int(self.cfg.cache_mb * MB) // max(1, len(self.parts))
 
     async def _restore(self, tp: TopicPartition, store: PartitionStore) -> Restored:
         """Restore the partition from the changelog; LayoutMismatch for records of another layout."""
@@ -388,6 +404,7 @@ class BatchWorker:
         for part in parts:
             del self.parts[part.tp.partition]
             part.store.close()
+        self._share_cache()
 
     # --- queries (HTTP) ------------------------------------------------------------------
 
@@ -415,7 +432,9 @@ class BatchWorker:
             "repeated_sizes": record.sizes(),
             "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
             "duplicates": record.duplicates,
-            # Per scored event type: the features and score of the entity's last event of that type.
+            # Per scored event type: the features and score of the entity's last event of that
+            # type, kept while its record is in memory (``--cache-mb``), like the record.
+            "in_memory": entity_id in part.cache.records,
             "features": {
                 t: dict(zip(self.emitter.feature_names[t], v[2], strict=True)) for t, v in last.items()
             },

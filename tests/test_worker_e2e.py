@@ -47,11 +47,17 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"features": d / "f2.parquet", "scores": d / "scores.parquet", "model": model}
 
 
+@pytest.mark.parametrize(
+    "cache_mb",
+    [None, 0.3],
+    ids=["default cache", "0.3 MB cache"],  # 0.3 MB: a dozen of the ~900 cards' records in memory
+)
 def test_worker_scores_equal_replay_across_restart_and_wiped_state(
-    kafka_broker, replayed: dict[str, Path], tmp_path: Path
+    kafka_broker, replayed: dict[str, Path], tmp_path: Path, cache_mb: float | None
 ) -> None:
     data_dir = tmp_path / "data"
-    worker = WorkerProcess(kafka_broker.bootstrap, replayed["model"], data_dir)
+    extra = [] if cache_mb is None else ["--cache-mb", str(cache_mb)]
+    worker = WorkerProcess(kafka_broker.bootstrap, replayed["model"], data_dir, extra=extra)
     codec, items = file_events(SPEC, SAMPLE, N_ROWS, adapter=ADAPTER)
     events = (e for e in items if isinstance(e, Event))
     first, second = chunks(events, 10_000), list(events)
@@ -109,11 +115,20 @@ def test_worker_scores_equal_replay_across_restart_and_wiped_state(
     last = feats[feats["entity_id"] == entity].iloc[-1]
     assert view["entity_id"] == entity
     assert view["lifetime_count"]["transactions"] == last["txn_count_lifetime"]
-    assert view["features"]["transaction"]["amt_sum_24h"] == pytest.approx(last["amt_sum_24h"], abs=1e-12)
-    assert view["last_score"]["transaction"]["event_id"] == last.name
+    if cache_mb is None or view["in_memory"]:
+        assert view["in_memory"]
+        assert view["features"]["transaction"]["amt_sum_24h"] == pytest.approx(last["amt_sum_24h"], abs=1e-12)
+        assert view["last_score"]["transaction"]["event_id"] == last.name
+    else:  # read from RocksDB for the answer: the record, without its last features and score
+        assert view["features"] == {} and view["last_score"] == {}
+    if cache_mb is not None:  # the records did go through RocksDB, over and over
+        evicted, loaded = (_metric(metrics, f"supernova_records_{m}_total") for m in ("evicted", "loaded"))
+        assert evicted > 500 and loaded > 500, (evicted, loaded)  # of the ~900 cards, in 10,000 events
+        assert _metric(metrics, "supernova_cache_bytes") <= 2 * cache_mb * 2**20
     assert all(s.event_type == "transaction" for s in scores)
     assert isinstance(metrics, str) and "supernova_scores_out_total" in metrics
-    restored = next(
-        line for line in metrics.splitlines() if line.startswith("supernova_records_restored_total")
-    )
-    assert float(restored.split()[1]) > 0, "the wiped worker did not restore from the changelog"
+    assert _metric(metrics, "supernova_records_restored_total") > 0, "the wiped worker did not restore"
+
+
+def _metric(metrics: str, name: str) -> float:
+    return float(next(line for line in metrics.splitlines() if line.startswith(name + " ")).split()[1])

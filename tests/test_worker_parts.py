@@ -19,6 +19,7 @@ from streaming import ADAPTER, SAMPLE, SPEC
 from entities.engine import Engine
 from entities.events import Event
 from entities.spec import Spec
+from streams.cache import RECORD_BYTES
 from streams.kafka_io import Message
 from streams.produce import file_events
 from streams.sequencing import decode, in_sequence, not_yet_applied
@@ -100,16 +101,21 @@ def test_events_a_record_already_holds_are_skipped_by_offset(part: Partition, ev
     assert part.engine.records[second.entity_id].offset == 21
 
 
-def test_the_cache_drops_the_oldest_durable_records_and_keeps_changed_ones(
+def test_the_cache_drops_least_recently_used_durable_records_and_their_last_scores(
     part: Partition, events: list[Event]
 ) -> None:
     cache = part.cache
     ids = list(dict.fromkeys(e.entity_id for e in events))[:5]
     for eid in ids:
         part.engine.record(eid)
-    cache.mark_changed({ids[0]})
-    cache.evict(keep=2)
-    assert list(cache.records) == [ids[0], ids[4]]
+        part.last[eid] = {"transaction": (0.5, "e", [])}
+    cache.note_changed(ids)  # five empty records: RECORD_BYTES each
+    cache.budget = 2 * RECORD_BYTES
+    cache.mark_changed({ids[0]})  # not durable yet: stays
+    cache.load([ids[2]])  # used again: the most recent
+    part.evict()
+    assert list(cache.records) == [ids[0], ids[2]] and cache.bytes == 2 * RECORD_BYTES
+    assert set(part.last) == {ids[0], ids[2]}  # nothing per entity outlives its record in memory
     assert cache.take_changed() == [ids[0]] and cache.changed == set()
 
 
@@ -121,6 +127,6 @@ def test_an_undecodable_stored_record_is_quarantined_and_the_entity_starts_afres
     part.store.commit([(good, part.engine.codec.encode(record)), (bad, b"\x93garbage")], None, None)
     part.engine.records.clear()
     assert part.cache.peek(good) is not None and good not in part.cache.records  # peeking loads nothing
-    assert part.cache.load({good, bad}) == 1
+    assert part.cache.load_counting({good, bad}) == 1
     assert good in part.cache.records and bad not in part.cache.records
     assert part.store.get_many([bad]) == [None]
