@@ -141,6 +141,7 @@ def merge(shard_outs: Sequence[Path], out: Path) -> dict[str, int]:
     for parts in plan.values():
         _check_complete(parts)
     written: dict[Path, int] = {}
+    next(iter(plan)).parent.mkdir(parents=True, exist_ok=True)
     try:
         for dest, parts in plan.items():
             written[dest] = _merge_files(parts, _tmp(dest))
