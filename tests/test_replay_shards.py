@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -93,7 +94,7 @@ def test_jobs_write_the_one_process_output(
 ) -> None:
     spec, adapter, name = CASES[example]
     warmup, source = request.getfixturevalue(f"{example}_files")
-    kwargs = {"adapter": adapter, "warmup": [warmup] if warm else []}
+    kwargs: dict[str, Any] = {"adapter": adapter, "warmup": [warmup] if warm else []}
     one = replay(spec, source, features_out=tmp_path / "one" / name, **kwargs)
     many = replay(spec, source, features_out=tmp_path / "many" / name, jobs=jobs, **kwargs)
     assert_same_output(tmp_path / "many" / name, tmp_path / "one" / name)
@@ -235,3 +236,21 @@ def test_merge_interleaves_shard_files_by_input_position(
     assert merged.column("event_id").to_pylist() == [f"e{p}" for p in range(len(owners))]
     assert merged.schema.names == ["event_id"]
     assert rows == {str(tmp / "out.parquet"): len(owners)}
+
+
+def test_the_dask_recipe_merges_to_the_one_process_output(
+    fraud_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """examples/dask_replay.py on a LocalCluster of 2 workers, with a warm-up file."""
+    pytest.importorskip("dask.distributed")
+    warmup, source = fraud_files
+    common = ["--spec", str(SPEC), "--input", str(source), "--adapter", str(ADAPTER), "--warmup", str(warmup)]
+    one = replay(SPEC, source, features_out=tmp_path / "one.parquet", adapter=ADAPTER, warmup=[warmup])
+    cmd = [sys.executable, str(REPO / "examples" / "dask_replay.py"), *common, "--shards", "2"]
+    cmd += ["--local-workers", "2", "--features-out", str(tmp_path / "dask.parquet")]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    counts = one.line().split(";")[:2]  # events, scored, entities, rejected, duplicates: not the time
+    assert done.stdout.startswith(f"2 shards on Dask: {';'.join(counts)};")
+    assert_same_output(tmp_path / "dask.parquet", tmp_path / "one.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.parquet", "one.parquet"]
