@@ -254,3 +254,26 @@ def test_the_dask_recipe_merges_to_the_one_process_output(
     assert done.stdout.startswith(f"2 shards on Dask: {';'.join(counts)};")
     assert_same_output(tmp_path / "dask.parquet", tmp_path / "one.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dask.parquet", "one.parquet"]
+
+
+def test_jobs_count_and_report_each_reject_once(shop_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """Lines that make no event belong to no entity: shard 0 counts and reports them, once."""
+    _, source = shop_files
+    with gzip.open(source, "rt") as f:
+        lines = f.read().splitlines(keepends=True)
+    login = next(line for line in lines if '"success":true' in line)
+    bad_event = login.replace('"success":true', '"success":"maybe"')
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_text("".join([*lines[:5], "not json\n", bad_event, *lines[5:], "{}\n"]))
+    reports: dict[int, list[str]] = {}
+    for jobs in (1, 2):
+        seen: list[str] = []
+        reports[jobs] = seen
+
+        def on_reject(item: Any, seen: list[str] = seen) -> None:
+            seen.append(repr(item) if not isinstance(item, tuple) else f"{item[0].event_id}: {item[1]}")
+
+        summary = replay(SHOP_SPEC, noisy, features_out=tmp_path / str(jobs), jobs=jobs, on_reject=on_reject)
+        assert summary.rejected == 3
+    assert sorted(reports[2]) == sorted(reports[1])
+    assert_same_output(tmp_path / "2", tmp_path / "1")
