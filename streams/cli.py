@@ -55,10 +55,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--cache-mb",
         type=float,
-        help="keep at most this many MB of records in memory, the rest in a RocksDB beside the "
-        "output (for populations larger than memory; same output; default: all in memory)",
+        help="keep at most this many MB of records in memory (per process), the rest in a RocksDB "
+        "beside the output (for populations larger than memory; same output; default: all in memory)",
+    )
+    split = p.add_mutually_exclusive_group()
+    split.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes, entities split by hash: the same output as one (each reads the whole input)",
+    )
+    split.add_argument(
+        "--shard",
+        metavar="i/N",
+        help="only shard i (0..N-1) of N: its rows, with their input positions, for `supernova replay-merge`",
     )
     p.set_defaults(run=_replay)
+
+    p = sub.add_parser("replay-merge", help="combine the outputs of `replay --shard i/N` into one replay's")
+    p.add_argument(
+        "shard_outs",
+        nargs="+",
+        type=Path,
+        metavar="SHARD_OUT",
+        help="every shard's --features-out (or --scores-out): F.parquet files or directories",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="F.parquet (the shards wrote files) or a directory"
+    )
+    p.set_defaults(run=_replay_merge)
 
     p = sub.add_parser("worker", help="run the streaming worker (faust app + batch loop)")
     p.add_argument("--spec", required=True, type=Path)
@@ -192,10 +218,11 @@ def _one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argp
         from models.artifact import ArtifactError
         from streams.adapters import AdapterError
         from streams.replay import OutputError
+        from streams.shards import ShardError
 
         try:
             return run(args)
-        except (SpecError, AdapterError, ArtifactError, OutputError) as exc:
+        except (SpecError, AdapterError, ArtifactError, OutputError, ShardError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
@@ -205,9 +232,11 @@ def _one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argp
 @_one_line_errors
 def _replay(args: argparse.Namespace) -> int:
     from streams.replay import replay
+    from streams.shards import Shard
 
     if args.scores_out and not args.model:
         raise SystemExit("--scores-out needs --model")
+    shard = Shard.parse(args.shard) if args.shard is not None else None
     shown = 0
 
     def on_reject(item: Rejected | tuple[Any, str]) -> None:
@@ -233,8 +262,20 @@ def _replay(args: argparse.Namespace) -> int:
             on_progress=advance,
             warmup=args.warmup,
             cache_mb=args.cache_mb,
+            jobs=args.jobs,
+            shard=shard,
         )
-    print(summary.line())
+    print(f"shard {shard}: {summary.line()}" if shard is not None else summary.line())
+    return 0
+
+
+@_one_line_errors
+def _replay_merge(args: argparse.Namespace) -> int:
+    from streams.shards import merge
+
+    written = merge(args.shard_outs, args.out)
+    files = ", ".join(f"{path} ({rows:,} rows)" for path, rows in written.items())
+    print(f"merged {len(args.shard_outs)} shards: {files}")
     return 0
 
 

@@ -10,6 +10,10 @@ read again in sorted mode (in memory), alone: the caller starts over
 
 Warm-up files update records like any other but give no output rows:
 :meth:`History.output_only` drops their scored events from a batch's result.
+
+With a ``shard`` (:mod:`streams.shards`), only the events of that shard's entities
+come out, and each keeps its position among all the events of the history
+(:meth:`History.positions`): the key that puts the shards' rows back in order.
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from entities.engine import BatchResult
 from entities.events import Event, EventCodec
 from streams.sources import Block, NotSorted, Rejected, read_blocks
+
+if TYPE_CHECKING:
+    from streams.shards import Shard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +64,9 @@ class History:
     codec: EventCodec
     adapter: type | None  # CSV rows -> events (None: JSON lines)
     sorted: set[int] = field(default_factory=set)  # files read in sorted mode (found unsorted)
+    shard: Shard | None = None  # keep only this shard's entities
     _warm: set[int] = field(default_factory=set)  # id() of warm-up events read, not yet processed
+    _position: dict[int, int] = field(default_factory=dict)  # id() of a kept event -> its position
 
     @classmethod
     def of(
@@ -67,10 +76,11 @@ class History:
         adapter: type | None,
         warmup: Sequence[Path] = (),
         limit: int | None = None,
+        shard: Shard | None = None,
     ) -> History:
         """Warm-up files first, then the inputs (``limit`` applies to each input)."""
         files = [HistoryFile(p, warm=True) for p in warmup] + [HistoryFile(p, limit=limit) for p in inputs]
-        return cls(files, codec, adapter)
+        return cls(files, codec, adapter, shard=shard)
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of events (and rejected rows) in arrival order over all files.
@@ -79,12 +89,18 @@ class History:
         stream; the file is then read sorted by the next call.
         """
         self._warm.clear()
+        self._position.clear()
         streams = [self._stream(i) for i in range(len(self.files))]
-        if len(streams) == 1 and not self.files[0].warm:
+        if len(streams) == 1 and not self.files[0].warm and self.shard is None:
             yield from streams[0]  # one file: exactly what replay always read
             return
         warm = self._warm
+        keep = self._keeper() if self.shard is not None else None
         for i, items in _merge(streams):
+            if keep is not None:
+                items = keep(items)
+                if not items:
+                    continue
             rejected = sum(type(e) is Rejected for e in items)
             if self.files[i].warm:
                 warm.update(id(e) for e in items if type(e) is Event)
@@ -105,6 +121,43 @@ class History:
             rows=[result.rows[k] for k in keep],
             late=[result.late[k] for k in keep],
         )
+
+    def positions(self, events: list[Event]) -> list[int]:
+        """Positions in the whole history of these events of the current batch (with a shard)."""
+        position = self._position
+        return [position[id(e)] for e in events]
+
+    def release(self, batch: list[Event]) -> None:
+        """Forget the positions of a processed batch (its events' ids may be reused from now on)."""
+        position = self._position
+        for e in batch:
+            del position[id(e)]
+
+    def _keeper(self) -> Callable[[list[Event | Rejected]], list[Event | Rejected]]:
+        """A filter of merged items: the shard's events, each noted with its position.
+
+        Rejected rows belong to no entity: shard 0 keeps them, so they are counted once.
+        """
+        assert self.shard is not None
+        owns = self.shard.owner()
+        rejected_too = self.shard.index == 0
+        position = self._position
+        seen = 0
+
+        def keep(items: list[Event | Rejected]) -> list[Event | Rejected]:
+            nonlocal seen
+            kept: list[Event | Rejected] = []
+            for e in items:
+                if type(e) is Event:
+                    if owns(e.entity_id):
+                        position[id(e)] = seen
+                        kept.append(e)
+                    seen += 1
+                elif rejected_too:
+                    kept.append(e)
+            return kept
+
+        return keep
 
     def retry_unsorted(self, run: Callable[[], T]) -> T:
         """``run()``, again with each file found unsorted read in sorted mode."""

@@ -8,6 +8,9 @@ type (:func:`output_paths`). Each file's schema metadata says its event type and
 spec hash. Features of each event are point-in-time correct by construction: they
 are computed from the record as it was when the event arrived, exactly as the
 worker computes them.
+
+``jobs=N`` replays in N processes, entities split among them, and ``shard`` replays
+one such shard alone; both give the one-process rows (see :mod:`streams.shards`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from models.dataset import schema_metadata
 from streams.adapters import AdapterRef, require_adapter, resolve_adapter
 from streams.cache import MB, RecordCache
 from streams.history import History
+from streams.shards import META_SHARD, POSITION, Shard, ShardError, check_jobs
 from streams.sources import Block, Rejected, is_csv
 from streams.store import PartitionStore
 
@@ -46,6 +50,8 @@ BATCH = 16_384  # events per Engine.process: larger batches repeat each entity m
 ROW_GROUP = 1 << 16  # scored events per Parquet row group
 GC_YOUNG = 50_000  # allocations between young-generation collections (default 700)
 TS_TYPE = pa.timestamp("ms", tz="UTC")
+# Dictionary pages only where values repeat a lot: a third less time writing.
+DICTIONARY = ["entity_id", "model", "model_version"]
 NAN = float("nan")
 _EVENT_ID = operator.attrgetter("event_id")
 _ENTITY_ID = operator.attrgetter("entity_id")
@@ -110,27 +116,31 @@ class _Output:
         features_out: dict[str, Path],
         models: dict[str, Artifact],
         scores_out: dict[str, Path],
+        shard: Shard | None = None,
     ) -> None:
+        """With a ``shard``, each file also gets the input position of its rows and says its shard."""
         spec_hash = spec.hash()
+        extra = {META_SHARD: str(shard)} if shard is not None else {}
         self.by_type = {
             t: _TypeOutput(
                 spec.feature_names_of(t),
                 features_out.get(t),
                 models.get(t),
                 scores_out.get(t),
-                schema_metadata(t, spec_hash),
+                {**schema_metadata(t, spec_hash), **extra},
+                positions=shard is not None,
             )
             for t in spec.scored_types
             if t in features_out or t in scores_out
         }
         self.single = spec.scored_types[0] if len(spec.scored_types) == 1 else None
 
-    def add(self, result: BatchResult) -> None:
-        """The scored events of one batch, each to its type's output."""
+    def add(self, result: BatchResult, positions: list[int] | None = None) -> None:
+        """The scored events of one batch, each to its type's output (``positions``: of a shard)."""
         if not result.scored or not self.by_type:
             return
         if self.single is not None:
-            self.by_type[self.single].add(result.scored, result.rows, result.late)
+            self.by_type[self.single].add(result.scored, result.rows, result.late, positions)
             return
         groups: dict[str, list[int]] = {}
         for k, event in enumerate(result.scored):
@@ -142,7 +152,10 @@ class _Output:
             out = self.by_type.get(event_type)
             if out is not None:
                 out.add(
-                    [result.scored[k] for k in at], [result.rows[k] for k in at], [result.late[k] for k in at]
+                    [result.scored[k] for k in at],
+                    [result.rows[k] for k in at],
+                    [result.late[k] for k in at],
+                    None if positions is None else [positions[k] for k in at],
                 )
 
     def close(self) -> None:
@@ -171,15 +184,18 @@ class _TypeOutput:
         artifact: Artifact | None,
         scores_out: Path | None,
         metadata: dict[str, str],
+        positions: bool = False,
     ) -> None:
         self.feature_names = feature_names
+        self.with_positions = positions
         self.artifact = artifact if scores_out is not None else None
         self.writers: dict[Path, pq.ParquetWriter] = {}
         self.features_out = features_out
         self.scores_out = scores_out if self.artifact is not None else None
         keys = [("event_id", pa.string()), ("entity_id", pa.string()), ("ts", TS_TYPE)]
+        position = [(POSITION, pa.int64())] if positions else []
         self.feature_schema = pa.schema(
-            [*keys, *((name, pa.float64()) for name in feature_names), ("label", pa.float64())],
+            [*keys, *((name, pa.float64()) for name in feature_names), ("label", pa.float64()), *position],
             metadata=metadata,
         )
         self.score_schema = pa.schema(
@@ -190,15 +206,14 @@ class _TypeOutput:
                 ("late", pa.bool_()),
                 ("model", pa.string()),
                 ("model_version", pa.string()),
+                *position,
             ],
             metadata=metadata,
         )
         for path, schema in ((self.features_out, self.feature_schema), (self.scores_out, self.score_schema)):
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                # Dictionary pages only where values repeat a lot: a third less time writing.
-                dictionary = ["entity_id", "model", "model_version"]
-                self.writers[path] = pq.ParquetWriter(_tmp(path), schema, use_dictionary=dictionary)
+                self.writers[path] = pq.ParquetWriter(_tmp(path), schema, use_dictionary=DICTIONARY)
         self._clear()
 
     def _clear(self) -> None:
@@ -208,10 +223,13 @@ class _TypeOutput:
         self.ts: list[int] = []
         self.label: list[float] = []
         self.late: list[bool] = []
+        self.position: list[int] = []
         self.features: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
 
-    def add(self, scored: list[Event], rows: list[list[float]], late: list[bool]) -> None:
+    def add(
+        self, scored: list[Event], rows: list[list[float]], late: list[bool], positions: list[int] | None
+    ) -> None:
         """This type's scored events of one batch (flushed once a row group is full)."""
         if not scored or not self.writers:
             return
@@ -224,6 +242,8 @@ class _TypeOutput:
         self.ts += map(_TS, scored)
         self.label += [NAN if label is None else label for label in map(_LABEL, scored)]
         self.late += late
+        if positions is not None:
+            self.position += positions
         self.rows += len(scored)
         if self.rows >= ROW_GROUP:
             self.flush()
@@ -238,10 +258,11 @@ class _TypeOutput:
             pa.array(self.ts, TS_TYPE),
         ]
         label = pa.array(self.label, pa.float64())
+        position = [pa.array(self.position, pa.int64())] if self.with_positions else []
         if self.features_out is not None:
             matrix = np.concatenate(self.features) if len(self.features) > 1 else self.features[0]
             columns = [pa.array(matrix[:, j]) for j in range(len(self.feature_names))]
-            table = pa.Table.from_arrays([*keys, *columns, label], schema=self.feature_schema)
+            table = pa.Table.from_arrays([*keys, *columns, label, *position], schema=self.feature_schema)
             self.writers[self.features_out].write_table(table)
         if self.scores_out is not None and self.artifact is not None:
             n = self.rows
@@ -253,6 +274,7 @@ class _TypeOutput:
                     pa.array(self.late, pa.bool_()),
                     pa.array([self.artifact.name] * n, pa.string()),
                     pa.array([self.artifact.version] * n, pa.string()),
+                    *position,
                 ],
                 schema=self.score_schema,
             )
@@ -287,6 +309,8 @@ def replay(
     adapter: AdapterRef = None,
     warmup: Sequence[Path] = (),
     cache_mb: float | None = None,
+    jobs: int = 1,
+    shard: Shard | None = None,
 ) -> ReplaySummary:
     """Replay ``input_path`` and write Parquet; return the summary.
 
@@ -300,7 +324,13 @@ def replay(
     ``features_out`` and ``scores_out`` follow :func:`output_paths`; ``models`` are
     artifact directories, one per scored type (scores need one for every type).
     ``adapter`` maps CSV rows to events (a class or ``FILE.py[:NAME]``).
+
+    ``jobs`` > 1 replays in that many processes, entities split among them, and
+    writes the same files as one process (``on_progress`` is not called then).
+    ``shard`` replays only that shard's entities, into files that
+    :func:`streams.shards.merge` combines with the other shards'.
     """
+    check_jobs(jobs)
     spec = load_spec(spec_path)
     codec = EventCodec(spec)
     features_paths = output_paths(spec, features_out, "--features-out")
@@ -309,6 +339,24 @@ def replay(
     for path in (*warmup, input_path):
         if is_csv(path):
             require_adapter(adapter_type, path)
+    if jobs > 1:
+        if shard is not None:
+            raise ShardError("give --jobs or --shard, not both")
+        from streams.shards import replay_jobs
+
+        return replay_jobs(
+            jobs,
+            features_out,
+            scores_out,
+            on_reject,
+            spec_path=spec_path,
+            input_path=input_path,
+            limit=limit,
+            models=models,
+            adapter=adapter,
+            warmup=warmup,
+            cache_mb=cache_mb,
+        )
     artifacts: dict[str, Artifact] = {}
     model_dirs = [models] if isinstance(models, Path | str) else list(models)
     if model_dirs:
@@ -319,12 +367,12 @@ def replay(
         if scores_paths:
             require_every_type(artifacts, spec)
     started = time.perf_counter()
-    history = History.of([input_path], codec, adapter_type, warmup, limit)
+    history = History.of([input_path], codec, adapter_type, warmup, limit, shard)
 
     spill_dir = next(iter({**features_paths, **scores_paths}.values()), Path("out")).parent
 
     def run() -> ReplaySummary:
-        output = _Output(spec, features_paths, artifacts, scores_paths if artifacts else {})
+        output = _Output(spec, features_paths, artifacts, scores_paths if artifacts else {}, shard)
         try:
             with _records(spec, cache_mb, spill_dir) as (engine, cached):
                 summary = _run(engine, cached, history, output, on_reject, on_progress)
@@ -413,6 +461,10 @@ def _run(
     process = engine.process if cached is None else cached.process
     for batch in _batches(history.blocks(), summary, on_reject):
         result = history.output_only(process(batch), batch)
+        positions = None
+        if history.shard is not None:
+            positions = history.positions(result.scored)
+            history.release(batch)
         summary.events += len(batch)
         summary.scored += len(result.scored)
         summary.duplicates += result.duplicates
@@ -420,7 +472,7 @@ def _run(
             summary.rejected += 1
             if on_reject is not None:
                 on_reject((event, str(err)))
-        output.add(result)
+        output.add(result, positions)
         if on_progress is not None:
             on_progress(len(batch))
     summary.entities = len(engine.records) if cached is None else cached.entities()
