@@ -90,9 +90,9 @@ def test_a_corrupt_stored_record_goes_to_on_corrupt_and_is_not_cached(spec: Spec
         strict.load(["x"])
 
 
-@pytest.mark.parametrize("warmup_rows", [0, 4_000])
+@pytest.mark.parametrize(("warmup_rows", "jobs"), [(0, 1), (4_000, 1), (4_000, 2)])
 def test_replay_with_a_cache_far_smaller_than_the_population_gives_the_same_output(
-    tmp_path: Path, warmup_rows: int
+    tmp_path: Path, warmup_rows: int, jobs: int
 ) -> None:
     """0.2 MB holds a few of the ~900 cards: nearly every batch reads records back from RocksDB."""
     header, lines = sample_lines(n=12_000)
@@ -100,7 +100,13 @@ def test_replay_with_a_cache_far_smaller_than_the_population_gives_the_same_outp
     data = write_csv(tmp_path / "input.csv.gz", header, lines[warmup_rows:])
     want = replay(SPEC, data, adapter=ADAPTER, features_out=tmp_path / "all.parquet", warmup=warmup)
     got = replay(
-        SPEC, data, adapter=ADAPTER, features_out=tmp_path / "cached.parquet", warmup=warmup, cache_mb=0.2
+        SPEC,
+        data,
+        adapter=ADAPTER,
+        features_out=tmp_path / "cached.parquet",
+        warmup=warmup,
+        cache_mb=0.2,
+        jobs=jobs,
     )
     assert got.entities == want.entities > 800 and got.scored == want.scored
     cached, uncached = (pq.read_table(tmp_path / f) for f in ("cached.parquet", "all.parquet"))
