@@ -9,10 +9,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entities.spec import SpecError, load_spec
 from streams.sources import Rejected
+
+if TYPE_CHECKING:
+    from streams.worker import WorkerConfig
 
 log = logging.getLogger("supernova")
 MAX_REJECTS_SHOWN = 20
@@ -269,7 +272,7 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def _groups_readable(cfg: Any) -> bool:
+def _groups_readable(cfg: WorkerConfig) -> bool:
     """Whether the worker may read its consumer groups (faust's and the batch loop's); else one line."""
     import asyncio
 

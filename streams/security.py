@@ -285,9 +285,9 @@ def refusal(exc: BaseException, topics: Mapping[str, str] | None = None) -> str 
         ClusterAuthorizationFailedError: "a cluster operation (idempotent writes need Write on the topics)",
     }
     if isinstance(exc, TopicAuthorizationFailedError) and topics:
-        refused = exc.args[0] if exc.args else None
+        refused = exc.args[0] if exc.args else None  # a topic, or a set of them
         names = sorted(refused) if isinstance(refused, set | list | tuple) else [refused]
-        named = [f"{topics[name]} {name}" for name in names if name in topics]
+        named = [f"{topics[name]} {name}" for name in map(str, names) if name in topics]
         if named:
             what[TopicAuthorizationFailedError] = " and ".join(named)
     if isinstance(exc, GroupAuthorizationFailedError) and exc.args and isinstance(exc.args[0], str):
