@@ -171,11 +171,16 @@ def test_a_missing_acl_stops_the_worker_and_nothing_is_lost_once_granted(
 
 
 def _assert_dead_letter(b: SecureBroker, worker: WorkerProcess, committed: bool = False) -> None:
-    """The bad message of :func:`_publish` is in the DLQ."""
+    """The bad message of :func:`_publish` is in the DLQ: once if ``committed`` (exactly-once).
+
+    Else at least once: the refused run may have sent it before it stopped.
+    """
     dead = read_topic(
         b.bootstrap, worker.topics["dlq"], expect=1, kafka=b.settings("reader"), committed=committed
     )
-    assert [(m.key, m.value) for m in dead] == [BAD]
+    letters = [(m.key, m.value) for m in dead]
+    assert set(letters) == {BAD}
+    assert len(letters) == 1 or not committed, letters
 
 
 def _refused(b: SecureBroker, worker: WorkerProcess) -> str:
