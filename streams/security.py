@@ -6,6 +6,8 @@
   bearer token off loopback; a worker bound elsewhere without one refuses to start.
 - :func:`load_kafka_config`: the ``--kafka-config`` JSON, refused if anyone may read
   it, with secrets taken from the environment or from files rather than written in it.
+- :func:`check_login` / :func:`check_group_read` / :func:`refusal`: a refused login,
+  group or other ACL becomes one line that names the right to grant.
 
 Every refusal is a :class:`SecurityError` whose message names the setting and what
 to do; it never carries a secret's value.
