@@ -82,7 +82,7 @@ def create_app(
 
     def _stop_if_refused(exc: KafkaError) -> None:
         """An ACL refusal stops the worker with one line (the CLI prints ``worker.fatal``)."""
-        why = refusal(exc)
+        why = refusal(exc, worker.cfg.topic_rights)
         if why is not None:
             worker.fatal = why
             log.error("%s", why)

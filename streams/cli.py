@@ -9,11 +9,14 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entities.spec import SpecError, load_spec
 from streams.cache import DEFAULT_CACHE_MB
 from streams.sources import Rejected
+
+if TYPE_CHECKING:
+    from streams.worker import WorkerConfig
 
 log = logging.getLogger("supernova")
 MAX_REJECTS_SHOWN = 20
@@ -325,6 +328,26 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
+def _groups_readable(cfg: WorkerConfig) -> bool:
+    """Whether the worker may read its consumer groups (faust's and the batch loop's); else one line."""
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from streams.security import check_group_read, refusal
+
+    groups = [cfg.app_id, cfg.group_id]
+    try:
+        asyncio.run(check_group_read(cfg.bootstrap, cfg.kafka, groups, cfg.events_topic))
+    except KafkaError as exc:
+        why = refusal(exc)
+        if why is None:
+            raise
+        print(f"error: {why}", file=sys.stderr)
+        return False
+    return True
+
+
 def _worker(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
@@ -378,6 +401,8 @@ def _worker(args: argparse.Namespace) -> int:
     from streams.cli_topics import checked_topics
 
     if checked_topics(cfg, args.verbose, create=cfg.create_topics) is None:  # before faust starts
+        return 2
+    if cfg.kafka and not _groups_readable(cfg):
         return 2
     worker = BatchWorker(cfg, spec, scorers)
     watcher = ModelWatcher(args.registry, spec, scorers, worker.lock) if args.registry else None

@@ -6,6 +6,8 @@
   bearer token off loopback; a worker bound elsewhere without one refuses to start.
 - :func:`load_kafka_config`: the ``--kafka-config`` JSON, refused if anyone may read
   it, with secrets taken from the environment or from files rather than written in it.
+- :func:`check_login` / :func:`check_group_read` / :func:`refusal`: a refused login,
+  group or other ACL becomes one line that names the right to grant.
 
 Every refusal is a :class:`SecurityError` whose message names the setting and what
 to do; it never carries a secret's value.
@@ -13,6 +15,7 @@ to do; it never carries a secret's value.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -190,8 +193,83 @@ async def check_login(bootstrap: str, kafka: Mapping[str, Any]) -> None:
             await admin.close()
 
 
-def refusal(exc: BaseException) -> str | None:
-    """One line naming what Kafka refused (an ACL), or None if ``exc`` is no refusal."""
+# A commit no group can accept (no member has this generation): Kafka checks Read on the
+# group before anything else, so the answer says whether the right is there and nothing
+# is committed either way.
+_PROBE_GENERATION = 2**31 - 1
+_PROBE_MEMBER = "supernova-acl-probe"
+
+
+async def check_group_read(
+    bootstrap: str, kafka: Mapping[str, Any], groups: Collection[str], topic: str
+) -> None:
+    """Raise ``GroupAuthorizationFailedError`` naming the first of ``groups`` Kafka refuses Read on.
+
+    Run before faust starts: faust's consumer meets a refused group while it joins,
+    and then waits for ever instead of failing.
+    """
+    from aiokafka.client import AIOKafkaClient, ConnectionGroup
+    from aiokafka.errors import GroupAuthorizationFailedError
+    from aiokafka.protocol.commit import OffsetCommitRequest
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **_client_settings(kafka))
+    await client.bootstrap()
+    try:
+        for group in groups:
+            node = await _coordinator(client, group)
+            request = OffsetCommitRequest(
+                group, _PROBE_GENERATION, _PROBE_MEMBER, -1, [(topic, [(0, 0, "")])]
+            )
+            response = await client.send(node, request, group=ConnectionGroup.COORDINATION)
+            codes = {code for _, partitions in response.topics for _, code in partitions}
+            if GroupAuthorizationFailedError.errno in codes:
+                raise GroupAuthorizationFailedError(group)
+    finally:
+        await client.close()
+
+
+async def _coordinator(client: Any, group: str, tries: int = 60) -> int:
+    """The group's coordinator node; a broker that just started has none for a few seconds."""
+    from aiokafka.client import CoordinationType
+    from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
+
+    for attempt in range(tries):
+        try:
+            return int(await client.coordinator_lookup(CoordinationType.GROUP, group))
+        except GroupAuthorizationFailedError:  # not even Describe on the group
+            raise GroupAuthorizationFailedError(group) from None
+        except KafkaError as exc:
+            if not exc.retriable or attempt == tries - 1:
+                raise
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _client_settings(kafka: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``kafka`` that the low-level client takes (producer or consumer ones dropped)."""
+    keep = {
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "client_id",
+        "request_timeout_ms",
+        "connections_max_idle_ms",
+        "api_version",
+    }
+    return {k: v for k, v in kafka.items() if k in keep}
+
+
+def refusal(exc: BaseException, topics: Mapping[str, str] | None = None) -> str | None:
+    """One line naming what Kafka refused (an ACL), or None if ``exc`` is no refusal.
+
+    ``topics``: what right each topic needs (``{"events.dlq": "Write on the DLQ topic"}``),
+    so that a refused topic is named with the right to grant.
+    """
     from aiokafka.errors import (
         ClusterAuthorizationFailedError,
         GroupAuthorizationFailedError,
@@ -208,6 +286,14 @@ def refusal(exc: BaseException) -> str | None:
         "with the app id)",
         ClusterAuthorizationFailedError: "a cluster operation (idempotent writes need Write on the topics)",
     }
+    if isinstance(exc, TopicAuthorizationFailedError) and topics:
+        refused = exc.args[0] if exc.args else None  # a topic, or a set of them
+        names = sorted(refused) if isinstance(refused, set | list | tuple) else [refused]
+        named = [f"{topics[name]} {name}" for name in map(str, names) if name in topics]
+        if named:
+            what[TopicAuthorizationFailedError] = " and ".join(named)
+    if isinstance(exc, GroupAuthorizationFailedError) and exc.args and isinstance(exc.args[0], str):
+        what[GroupAuthorizationFailedError] = f"Read on the consumer group {exc.args[0]}"
     for kind, needs in what.items():
         if isinstance(exc, kind):
             return f"Kafka refused {needs}: {exc}; grant it (docs/operations.md#security) and restart"

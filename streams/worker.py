@@ -112,6 +112,16 @@ class WorkerConfig:
         """Consumer group of the batch loop."""
         return f"{self.app_id}-worker"
 
+    @property
+    def topic_rights(self) -> dict[str, str]:
+        """The right each topic of the worker needs, by topic name (for refusals)."""
+        return {
+            self.events_topic: "Read on the events topic",
+            self.scores_topic: "Write on the scores topic",
+            self.dlq_topic: "Write on the DLQ topic",
+            self.changelog_topic: "Read and Write on the changelog topic",
+        }
+
 
 class BatchWorker:
     """Consumes events, maintains records, scores, produces; one instance per process."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import lightgbm as lgb
 import pyarrow.parquet as pq
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from entities.spec import Spec
 from models.artifact import Manifest, save
@@ -66,6 +66,7 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     spec: Path = SPEC
+    options: list[str] = field(default_factory=list)  # before the command, e.g. ["-v"]
 
     @property
     def topics(self) -> dict[str, str]:
@@ -81,7 +82,7 @@ class WorkerProcess:
         """Start and wait until ``ready(health)`` (default: every partition assigned here)."""
         self.log_path = self.data_dir.parent / f"{self.prefix}-worker-{time.time_ns()}.log"
         cmd = [
-            sys.executable, "-m", "streams.cli", "worker",
+            sys.executable, "-m", "streams.cli", *self.options, "worker",
             "--spec", str(self.spec), *(["--model", str(self.model)] if self.model else []),
             "--bootstrap", self.bootstrap, "--data-dir", str(self.data_dir),
             "--app-id", self.prefix, "--partitions", str(self.partitions),
@@ -192,6 +193,26 @@ def read_topic(
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def send_raw(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes]],
+    kafka: dict[str, Any] | None = None,
+) -> None:
+    """(key, value) byte strings as they are, Kafka's default partitioner: what any client may send."""
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **(kafka or {}))
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value, key=key) for key, value in messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

@@ -17,10 +17,9 @@ from pathlib import Path
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from secure_kafka import SecureBroker, grant_worker
-from streaming import ADAPTER, REPO, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import ADAPTER, REPO, SAMPLE, SPEC, WorkerProcess, read_topic, send_raw, train_small_model
 
 from entities.events import Event
 from entities.spec import Spec
@@ -134,18 +133,11 @@ def test_limits_hold_on_the_secured_listener(
     codec, items = file_events(SPEC, SAMPLE, 2_000, adapter=ADAPTER)
     good = [e for e in items if isinstance(e, Event)]
 
-    async def publish_bad() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, **b.settings("producer"))
-        await producer.start()
-        try:
-            futures = [await producer.send(t["events"], value, key=rng.randbytes(8)) for value in bad]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
     worker.start()
     try:
-        asyncio.run(publish_bad())
+        send_raw(
+            b.bootstrap, t["events"], [(rng.randbytes(8), value) for value in bad], b.settings("producer")
+        )
         kafka = b.settings("producer")
         asyncio.run(produce(b.bootstrap, t["events"], codec, iter(good), partitions=4, kafka=kafka))
         scored = {e.event_id for e in good if e.type == "transaction"}

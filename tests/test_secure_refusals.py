@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import pytest
 from secure_kafka import SecureBroker, worker_grants
-from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
+from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, send_raw, train_small_model
 from test_secure_broker import cli, create_topics
 
 from entities.events import Event
 from entities.spec import Spec
+from streams.kafka_io import partition_for
 from streams.produce import file_events, produce
 
 pytestmark = pytest.mark.kafka
@@ -77,11 +79,16 @@ def test_a_refused_login_ends_the_command_with_one_line(
     assert "not-the-password" not in done.stdout + done.stderr
 
 
+# A message that goes to the DLQ (not JSON), among the good ones.
+BAD = (b"4486494629", b'{"event_id": "not-json",')
+
+
 def _publish(b: SecureBroker, worker: WorkerProcess) -> set[str]:
-    """The first N_ROWS of the sample onto the worker's events topic; the ids to be scored."""
+    """A bad message, then the first N_ROWS of the sample onto the events topic; the ids to score."""
     codec, items = file_events(SPEC, SAMPLE, N_ROWS, adapter=ADAPTER)
     events = [e for e in items if isinstance(e, Event)]
     b.allow("producer", ["Write", "Describe"], ["--topic", worker.topics["events"]])
+    send_raw(b.bootstrap, worker.topics["events"], [BAD], b.settings("producer"))
     asyncio.run(
         produce(
             b.bootstrap,
@@ -95,52 +102,101 @@ def _publish(b: SecureBroker, worker: WorkerProcess) -> set[str]:
     return {e.event_id for e in events if e.type == "transaction"}
 
 
-def _committed(b: SecureBroker, group: str) -> int:
-    """Sum of the committed offsets of a consumer group."""
+def _committed(b: SecureBroker, group: str) -> dict[int, int]:
+    """The committed offsets of a consumer group, by partition (those above 0)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    async def run() -> int:
+    async def run() -> dict[int, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap, **b.settings("admin"))
         await admin.start()
         try:
             offsets = await admin.list_consumer_group_offsets(group)
-            return sum(max(meta.offset, 0) for meta in offsets.values())
+            return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset > 0}
         finally:
             await admin.close()
 
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize(("missing", "refused"), [("Read", "events"), ("Write", "scores")])
+Grant = tuple[list[str], list[str], bool]  # operations, resource, prefixed: as worker_grants gives them
+
+
+def _all_but(worker: WorkerProcess, kind: str, refused: str) -> tuple[list[Grant], list[str]]:
+    """A worker's grants but those on one topic or group (only Describe on it); that resource."""
+    t = worker.topics
+    if kind == "topic":  # its grants go to a name that is not the topic
+        grants = worker_grants(worker.prefix, {**t, refused: f"{t[refused]}.not"})
+        resource = ["--topic", t[refused]]
+    else:  # the groups one by one instead of the prefix: all but the refused one
+        group = refused.format(app=worker.prefix)
+        grants = [g for g in worker_grants(worker.prefix, t) if g[1][0] != "--group"]
+        grants += [
+            (["Read", "Describe"], ["--group", other], False)
+            for other in (worker.prefix, f"{worker.prefix}-worker")
+            if other != group
+        ]
+        resource = ["--group", group]
+    return [*grants, (["Describe"], resource, False)], resource
+
+
+@pytest.mark.parametrize(
+    ("missing", "kind", "refused", "says"),
+    [
+        ("Read", "topic", "events", "Read on the events topic {events}"),
+        ("Write", "topic", "scores", "Write on the scores topic {scores}"),
+        ("Write", "topic", "dlq", "Write on the DLQ topic {dlq}"),
+        ("Read", "group", "{app}-worker", "Read on the consumer group {app}-worker"),  # the batch loop's
+        ("Read", "group", "{app}", "Read on the consumer group {app}"),  # faust's
+    ],
+)
 def test_a_missing_acl_stops_the_worker_and_nothing_is_lost_once_granted(
-    secure_kafka: SecureBroker, model: Path, tmp_path: Path, missing: str, refused: str
+    secure_kafka: SecureBroker, model: Path, tmp_path: Path, missing: str, kind: str, refused: str, says: str
 ) -> None:
     b = secure_kafka
     config = b.config_file("worker", tmp_path / "kafka.json")
     worker = WorkerProcess(b.bootstrap, model, tmp_path / "data", extra=["--kafka-config", str(config)])
     t = worker.topics
     create_topics(b, worker)
-    # Every grant of a worker, but those on the refused topic go to a name that is not it;
-    # on the refused topic itself only Describe (the worker sees it, cannot use it).
-    for operations, resource, prefixed in worker_grants(worker.prefix, {**t, refused: f"{t[refused]}.not"}):
-        b.allow("worker", operations, resource, prefixed)
-    b.allow("worker", ["Describe"], ["--topic", t[refused]])
-    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
+    grants, resource = _all_but(worker, kind, refused)
+    for operations, granted, prefixed in grants:
+        b.allow("worker", operations, granted, prefixed)
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"], "--topic", t["dlq"]])
     scored = _publish(b, worker)
 
-    last = _refused(b, worker)
-    assert last.startswith("error: Kafka refused access to a topic"), last
-    assert f"TopicAuthorizationFailedError: {t[refused]};" in last, last
+    # Without Write on the DLQ only the bad message is left unhandled (it is first on its partition).
+    unhandled = {partition_for(BAD[0], worker.partitions)} if refused == "dlq" else None
+    last = _refused(b, worker, unhandled)
+    print(f"\n{missing} on {kind} {refused}: {last}")
+    assert last.startswith(f"error: Kafka refused {says.format(app=worker.prefix, **t)}: "), last
 
-    b.allow("worker", [missing], ["--topic", t[refused]])
+    b.allow("worker", [missing], resource)
     assert {_event_id(m) for m in _restarted(b, worker, len(scored))} == scored
+    _assert_dead_letter(b, worker)
 
 
-def _refused(b: SecureBroker, worker: WorkerProcess) -> str:
-    """Start the worker, expect it to stop (exit 2) having committed no offset; its last line."""
+def _assert_dead_letter(b: SecureBroker, worker: WorkerProcess, committed: bool = False) -> None:
+    """The bad message of :func:`_publish` is in the DLQ: once if ``committed`` (exactly-once).
+
+    Else at least once: the refused run may have sent it before it stopped.
+    """
+    dead = read_topic(
+        b.bootstrap, worker.topics["dlq"], expect=1, kafka=b.settings("reader"), committed=committed
+    )
+    letters = [(m.key, m.value) for m in dead]
+    assert set(letters) == {BAD}
+    assert len(letters) == 1 or not committed, letters
+
+
+def _refused(b: SecureBroker, worker: WorkerProcess, unhandled: Collection[int] | None = None) -> str:
+    """Start the worker, expect it to stop (exit 2); its last line.
+
+    It must have committed no offset on the partitions that hold an event it could not
+    handle (``unhandled``; all if None). It may on others: their events were done.
+    """
     with pytest.raises(RuntimeError, match="worker exited with 2"):
         worker.start(timeout=90, ready=lambda health: False)
-    assert _committed(b, f"{worker.prefix}-worker") == 0  # no offset for events it could not score
+    committed = _committed(b, f"{worker.prefix}-worker")
+    assert not [p for p in committed if unhandled is None or p in unhandled], committed
     assert worker.log_path is not None
     worker.proc = None
     return worker.log_path.read_text().strip().splitlines()[-1]
@@ -181,12 +237,14 @@ def test_exactly_once_without_the_transactional_id_acl_stops_and_loses_nothing(
     for operations, resource, prefixed in grants:
         if (operations, resource, prefixed) not in transactional:
             b.allow("worker", operations, resource, prefixed)
-    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"]])
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"], "--topic", t["dlq"]])
     scored = _publish(b, worker)
 
     last = _refused(b, worker)
+    print(f"\ntransactional id: {last}")
     assert last.startswith("error: Kafka refused the transactional id"), last
 
     b.allow("worker", *transactional[0])
     ids = [_event_id(m) for m in _restarted(b, worker, len(scored), committed=True)]
     assert len(ids) == len(set(ids)) and set(ids) == scored
+    _assert_dead_letter(b, worker, committed=True)

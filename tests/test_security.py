@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from streaming import REPO, SPEC
 
 from entities.spec import Fixed, Spec, SpecError
@@ -23,8 +24,10 @@ from streams.security import (
     http_token,
     is_loopback,
     load_kafka_config,
+    refusal,
     shown_fixed,
 )
+from streams.worker import WorkerConfig
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -218,3 +221,21 @@ def test_produce_refuses_a_world_readable_kafka_config_in_one_line(tmp_path: Pat
     assert done.stderr.strip().splitlines() == [
         f"error: --kafka-config {config} is readable by every user: chmod o-r {config} (it holds secrets)"
     ]
+
+
+def test_a_refused_topic_or_group_is_named_with_the_right_to_grant() -> None:
+    rights = WorkerConfig(app_id="fraud").topic_rights
+    assert refusal(TopicAuthorizationFailedError("events.dlq"), rights) == (
+        "Kafka refused Write on the DLQ topic events.dlq: [Error 29] TopicAuthorizationFailedError: "
+        "events.dlq; grant it (docs/operations.md#security) and restart"
+    )
+    line = refusal(TopicAuthorizationFailedError({"scores", "fraud-records-changelog"}), rights)
+    assert line is not None and line.startswith(
+        "Kafka refused Read and Write on the changelog topic fraud-records-changelog "
+        "and Write on the scores topic scores: "
+    )
+    line = refusal(GroupAuthorizationFailedError("fraud-worker"), rights)
+    assert line is not None and line.startswith("Kafka refused Read on the consumer group fraud-worker: ")
+    line = refusal(TopicAuthorizationFailedError("elsewhere"), rights)  # not one of the worker's
+    assert line is not None and line.startswith("Kafka refused access to a topic (")
+    assert refusal(ValueError("no refusal")) is None
