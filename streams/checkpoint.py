@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ if TYPE_CHECKING:  # streams.worker imports this module
     from streams.worker import WorkerConfig
 
 log = logging.getLogger(__name__)
+# Fault tests only: die like kill -9 once a checkpoint's changelog is acknowledged and
+# before its RocksDB write (the worst moment: the changelog is ahead of the store).
+_CRASH_BEFORE_STORE = os.environ.get("SUPERNOVA_FAULT") == "crash-before-store"
 
 
 @dataclass
@@ -211,6 +215,8 @@ class Checkpointer:
             part = span.part
             if acked:
                 part.changelog_next = max(base + n for base, n in acked)
+            if _CRASH_BEFORE_STORE and span.changed:  # fault tests: the changelog is ahead of RocksDB
+                os._exit(137)
             part.store.commit(span.batch, span.end, part.changelog_next)
             self.metrics.records_evicted.inc(part.evict())
         if offsets and not self.cfg.exactly_once:

@@ -67,6 +67,7 @@ class WorkerProcess:
     log_path: Path | None = None
     spec: Path = SPEC
     options: list[str] = field(default_factory=list)  # before the command, e.g. ["-v"]
+    env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
 
     @property
     def topics(self) -> dict[str, str]:
@@ -94,7 +95,8 @@ class WorkerProcess:
             # after 1-4 s and must find checkpoints and changelog entries to recover from.
             cmd += ["--commit-interval", "1"]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -212,6 +212,54 @@ def test_rocksdb_deleted_between_restarts(kafka_broker, model: Path, events, tmp
     )
 
 
+def test_killed_between_the_changelog_write_and_the_rocksdb_write(
+    kafka_broker, model: Path, events, tmp_path: Path
+) -> None:
+    """Three lives die (exit 137) at their first checkpoint, its changelog acknowledged, RocksDB not written.
+
+    Each restart finds the changelog ahead of its store: the restore must bring the
+    store up to the changelog and the worker resume after what the changelog covers.
+    """
+    evs, want = events
+    started = time.monotonic()
+    data = tmp_path / "data"
+    worker = WorkerProcess(
+        kafka_broker.bootstrap,
+        model,
+        data,
+        partitions=PARTITIONS,
+        env={"SUPERNOVA_FAULT": "crash-before-store"},
+    )
+    feeder = None
+    try:
+        for life in range(3):
+            try:
+                worker.start()
+            except RuntimeError as exc:  # it may die before it reports ready
+                assert "worker exited with 137" in str(exc), exc
+            else:
+                if feeder is None:
+                    feeder = _publish_in_background(
+                        kafka_broker.bootstrap, worker.topics["events"], evs, 4_000
+                    )
+                assert worker.proc is not None
+                assert worker.proc.wait(timeout=90) == 137, worker.log_tail()
+            worker.proc = None
+            print(f"life {life + 1} died before its RocksDB write")
+        worker.env = {}
+        worker.start()
+        assert feeder is not None
+        feeder.join()
+        scores = _scores(
+            kafka_broker.bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs)
+        )
+    finally:
+        worker.stop()
+    dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
+    got = _stored_records([data], worker.topics["events"])
+    _check("killed after the changelog, before RocksDB x3", dead, evs, scores, want, got, started)
+
+
 def test_broker_restart_mid_stream(kafka_broker, model: Path, events, tmp_path: Path) -> None:
     evs, want = events
     evs = evs[: len(evs) // 2]
