@@ -176,6 +176,11 @@ def test_kill_9_five_times(kafka_broker, model: Path, events, tmp_path: Path, ex
     _check(f"kill -9 x5 ({mode})", dead, evs, scores, want, got, started, exactly_once)
 
 
+def _every_transaction_scored(bootstrap: str, worker: WorkerProcess, evs: list[Event]) -> list[ScoreMessage]:
+    """Scores until each transaction of ``evs`` has one."""
+    return _scores(bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs))
+
+
 def _scores_committed(bootstrap: str, topic: str, expect: int) -> list[ScoreMessage]:
     """Scores as a read_committed consumer sees them."""
     return _scores(bootstrap, topic, expect, committed=True)
@@ -195,9 +200,7 @@ def test_rocksdb_deleted_between_restarts(kafka_broker, model: Path, events, tmp
             shutil.rmtree(data)
             worker.start()
         feeder.join()
-        scores = _scores(
-            kafka_broker.bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs)
-        )
+        scores = _every_transaction_scored(kafka_broker.bootstrap, worker, evs)
     finally:
         worker.stop()
     dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
@@ -250,9 +253,7 @@ def test_killed_between_the_changelog_write_and_the_rocksdb_write(
         worker.start()
         assert feeder is not None
         feeder.join()
-        scores = _scores(
-            kafka_broker.bootstrap, worker.topics["scores"], sum(e.type == "transaction" for e in evs)
-        )
+        scores = _every_transaction_scored(kafka_broker.bootstrap, worker, evs)
     finally:
         worker.stop()
     dead = _dead_letters(kafka_broker.bootstrap, worker.topics["dlq"])
