@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-warmup", type=float, default=5.0)
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
     p.add_argument(
-        "--budget", type=float, default=840.0, help="seconds for everything; populations shrink to fit"
+        "--budget", type=float, default=800.0, help="seconds for everything; populations shrink to fit"
     )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--train", type=Path, help="file to train the model on (default: fraudTrain)")
