@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -47,12 +47,21 @@ _decode_score = msgspec.json.Decoder(_Score).decode
 def continuation(base: list[Event], start: int) -> Iterator[Event]:
     """``base[start:]``, then ``base`` again and again, each pass later in time, with new ids."""
     if not base:
-        return
-    span = base[-1].ts - base[0].ts + DAY_MS
-    yield from base[start:]
+        return iter(())
+    return looped(lambda: base, start, base[-1].ts - base[0].ts)
+
+
+def looped(read: Callable[[], Iterable[Event]], start: int, span_ms: int) -> Iterator[Event]:
+    """The events of ``read()`` from the ``start``-th on, then all of them again and again.
+
+    Each pass is shifted forward in time by ``span_ms`` (last ts - first ts) plus a day
+    and gets new event ids, so ``read`` may stream a file instead of holding a list.
+    """
+    yield from itertools.islice(read(), start, None)
+    shift_by = span_ms + DAY_MS
     for k in itertools.count(1):
-        shift = k * span
-        for ev in base:
+        shift = k * shift_by
+        for ev in read():
             yield Event(f"{ev.event_id}~{k}", ev.entity_id, ev.type, ev.ts + shift, ev.attrs, ev.label)
 
 

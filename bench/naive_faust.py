@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,47 @@ def fraud_features(
     ]
 
 
-def create_app(args: argparse.Namespace) -> Any:
-    """The faust app: one table of card records, one agent."""
-    import faust
+def load_predict(model_dir: Path) -> Callable[[list[float]], float]:
+    """One-row LightGBM predict of the artifact in ``model_dir``, on one thread (see the module doc)."""
     import lightgbm as lgb
     import numpy as np
 
-    model = lgb.Booster(model_file=str(Path(args.model) / "model.txt"))
+    model = lgb.Booster(model_file=str(Path(model_dir) / "model.txt"))
+    return lambda row: float(model.predict(np.array([row]), num_threads=1)[0])
+
+
+def apply_event(
+    event: dict[str, Any], record: dict[str, Any] | None, predict: Callable[[list[float]], float]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One decoded wire event applied to its card's record: (the record to store, the score or None).
+
+    A profile event updates the card's profile and makes no score; a transaction is
+    appended, scored on its 19 features, and transactions older than the retention
+    are dropped after the features are computed.
+    """
+    if record is None:
+        record = {"profile": {}, "txns": [], "count": 0, "amt_total": 0.0, "last_ts": None}
+    a = event["attrs"]
+    if event["type"] == "profile":
+        record["profile"].update(a)
+        return record, None
+    ts = event["ts"]
+    txns = record["txns"]
+    txns.append([ts, a["merchant"], a["category"], a["amt"], a["merch_lat"], a["merch_long"]])
+    record["count"] += 1
+    record["amt_total"] += a["amt"]
+    row = fraud_features(txns, record["profile"], record["count"], record["amt_total"], record["last_ts"])
+    score = {"event_id": event["event_id"], "entity_id": event["entity_id"], "score": predict(row)}
+    record["last_ts"] = ts
+    record["txns"] = [t for t in txns if t[0] > ts - RETENTION]
+    return record, score
+
+
+def create_app(args: argparse.Namespace) -> Any:
+    """The faust app: one table of card records, one agent."""
+    import faust
+
+    predict = load_predict(args.model)
     tuning: dict[str, Any] = {"consumer_max_fetch_size": 16 << 20} if args.tuned else {}
     app = faust.App(
         args.app_id,
@@ -120,49 +155,29 @@ def create_app(args: argparse.Namespace) -> Any:
         async for key, value in stream.items():
             event = json.loads(value)
             card = event["entity_id"]
-            record = records.get(card) or {
-                "profile": {},
-                "txns": [],
-                "count": 0,
-                "amt_total": 0.0,
-                "last_ts": None,
-            }
-            a = event["attrs"]
-            if event["type"] == "profile":
-                record["profile"].update(a)
-                records[card] = record
-                continue
-            ts = event["ts"]
-            txns = record["txns"]
-            txns.append([ts, a["merchant"], a["category"], a["amt"], a["merch_lat"], a["merch_long"]])
-            record["count"] += 1
-            record["amt_total"] += a["amt"]
-            row = fraud_features(
-                txns, record["profile"], record["count"], record["amt_total"], record["last_ts"]
-            )
-            probability = float(model.predict(np.array([row]), num_threads=1)[0])
-            await scores.send(
-                key=key,
-                value=json.dumps(
-                    {"event_id": event["event_id"], "entity_id": card, "score": probability}
-                ).encode(),
-            )
-            record["last_ts"] = ts
-            record["txns"] = [t for t in txns if t[0] > ts - RETENTION]
+            record, out = apply_event(event, records.get(card), predict)
+            if out is not None:
+                await scores.send(key=key, value=json.dumps(out).encode())
             records[card] = record
 
     return app
 
 
-def main() -> None:
-    """Parse the options, then hand over to faust's Worker."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def naive_parser(description: str) -> argparse.ArgumentParser:
+    """The options every naive app takes: broker, topics, model, app id, state directory."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--app-id", required=True)
     p.add_argument("--data-dir", required=True, type=Path)
+    return p
+
+
+def main() -> None:
+    """Parse the options, then hand over to faust's Worker."""
+    p = naive_parser(__doc__.splitlines()[0])
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--tuned", action="store_true", help="16 MB consumer fetch size (KAFKA-NOTES)")
     args = p.parse_args()

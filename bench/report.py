@@ -14,6 +14,7 @@ ROWS = (
     ("raw", "raw ceiling (aiokafka passthrough)"),
     ("naive_faust", "naive faust agent (per event)"),
     ("naive_faust_tuned", "naive faust, 16 MB fetch"),
+    ("naive_quix", "naive Quix Streams app (per event)"),
     ("worker", "supernova worker"),
     ("workers", "supernova worker, {processes} processes"),
     ("replay", "supernova replay (features)"),
@@ -265,7 +266,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     )
     ax = axes[0] if lat else axes
     names, values = zip(*bars, strict=True) if bars else ((), ())
-    colors = ["#888888" if "raw" in n else "#d9822b" if "faust" in n else "#2b6cd9" for n in names]
+    colors = ["#888888" if "raw" in n else "#d9822b" if "naive" in n else "#2b6cd9" for n in names]
     ax.bar(range(len(values)), values, color=colors)
     ax.set_xticks(range(len(values)), [n.replace(" (", "\n(") for n in names], fontsize=8)
     ax.set_yscale("log")

@@ -1,4 +1,4 @@
-"""The benchmark: raw ceiling, naive faust, supernova worker (2 processes, 1), latency, replay.
+"""The benchmark: raw ceiling, naive faust, naive Quix, supernova worker (2 processes, 1), latency, replay.
 
 One broker (started here on free ports with a temporary data directory, or an
 existing one with ``--bootstrap``), one input topic preloaded once with the first
@@ -7,11 +7,13 @@ that topic with a fresh consumer group into its own LogAppendTime output topic:
 
 1. raw ceiling: ``bench/raw_passthrough.py``, aiokafka consume -> produce, bytes unchanged;
 2. naive faust: ``bench/naive_faust.py``, the per-event agent a typical user writes;
-3. supernova worker, ``--processes`` (2) processes in one consumer group;
-4. supernova worker: ``supernova worker`` with a 200-tree model, one process;
-5. latency: that worker, fed at 50% of its measured rate (after a warm-up at that rate),
+3. naive Quix (phase ``quix``): ``bench/naive_quix.py``, the same per-event work as a
+   Quix Streams app (StreamingDataFrame, per-key state);
+4. supernova worker, ``--processes`` (2) processes in one consumer group;
+5. supernova worker: ``supernova worker`` with a 200-tree model, one process;
+6. latency: that worker, fed at 50% of its measured rate (after a warm-up at that rate),
    then at lower loads (``--latency-curve``): up to which load p99 stays within 25 ms;
-6. replay: ``supernova replay`` over the whole file (no broker involved).
+7. replay: ``supernova replay`` over the whole file (no broker involved).
 
 The input topic has 4 partitions: the worker's default (``WorkerConfig.partitions``),
 so its scores co-partition with the events, and room for four worker processes.
@@ -39,7 +41,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ from bench.latency import Latency, continuation, measure_latency
 from bench.model import model_artifact
 from bench.procstat import machine
 from entities.events import Event
+from streams.local_kafka import KafkaBroker, free_port
 from streams.produce import file_events, produce
 from streams.sources import Rejected
 
@@ -70,7 +72,7 @@ SPEC = REPO / "examples" / "fraud" / "spec.py"
 ADAPTER = REPO / "examples" / "fraud" / "sparkov.py"  # Sparkov CSV rows -> events
 SAMPLE = REPO / "examples" / "fraud" / "sample.csv.gz"
 DATA = REPO.parent / "shared" / "data"
-PHASES = ("raw", "naive", "workers", "worker", "latency", "replay")
+PHASES = ("raw", "naive", "quix", "workers", "worker", "latency", "replay")
 SMOKE_EVENTS = 2_000
 SMOKE_LATENCY_S = 3.0
 SMOKE_MAX_RATE = 500.0
@@ -83,7 +85,7 @@ class _Score(msgspec.Struct):
     score: float
 
 
-_decode_score = msgspec.json.Decoder(_Score).decode
+decode_score = msgspec.json.Decoder(_Score).decode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--naive-max-seconds",
         type=float,
         default=300.0,
-        help="stop the naive faust run this long after its first score (0: no cap; smoke: none)",
+        help="stop each naive run (faust, Quix) this long after its first score (0: no cap; smoke: none)",
     )
     p.add_argument("--replay-model", action="store_true", help="also replay with the model (scores)")
     p.add_argument("--profile", type=Path, help="run the worker under cProfile, stats to this file")
@@ -158,6 +160,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--latency-curve: fractions like 0.25,0.35, not {args.latency_curve!r}")
     if args.curve_seconds is None:
         args.curve_seconds = SMOKE_LATENCY_S if args.smoke else 20.0
+    return default_files(args)
+
+
+def default_files(args: argparse.Namespace) -> argparse.Namespace:
+    """``--input`` and ``--train`` where not given: the shared Sparkov files, else the sample."""
     default_input = DATA / "fraudTest.csv.gz"
     args.input = args.input or (default_input if default_input.is_file() else SAMPLE)
     default_train = DATA / "fraudTrain.csv.gz"
@@ -168,25 +175,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every system scored every event (targets don't change it)."""
-    args = parse_args(argv)
+def setup_logging(verbose: bool) -> None:
+    """The bench's log lines on stderr; the Kafka clients' only from warnings on."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every system scored every event (targets don't change it)."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="supernova-bench-"))
-    try:
-        with _broker(args.bootstrap, work) as bootstrap:
-            results = asyncio.run(run_all(args, bootstrap, work))
-    finally:
-        if args.keep:
-            log.info("work directory kept: %s", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("supernova-bench-", args.keep) as work, local_broker(args.bootstrap, work) as bootstrap:
+        results = asyncio.run(run_all(args, bootstrap, work))
     results["total_s"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
     results["targets"] = report.targets(results)
@@ -200,13 +205,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _broker(bootstrap: str | None, work: Path) -> Iterator[str]:
+def work_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary directory for logs, state and the broker; removed after unless ``keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            log.info("work directory kept: %s", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_broker(bootstrap: str | None, work: Path) -> Iterator[str]:
     """An existing broker, or one of our own that is stopped whatever happens."""
     if bootstrap:
         yield bootstrap
         return
-    from streams.local_kafka import KafkaBroker
-
     # Kafka's default group.initial.rebalance.delay.ms (3 s; scripts/kafka sets 0 for the
     # tests): worker processes started together join one group before it assigns.
     broker = KafkaBroker(work / "kafka", env={"KAFKA_INITIAL_REBALANCE_DELAY_MS": "3000"})
@@ -241,6 +257,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             "phases": args.phases,
             "worker_args": args.worker_args,
             "naive_faust_settings": "faust defaults (1 MB consumer fetch), rocksdict table store",
+            "naive_quix_settings": "Quix Streams defaults (RocksDB state with changelog, at-least-once)",
             "naive_max_seconds": args.naive_max_seconds,
         },
         "method": {
@@ -271,7 +288,10 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
 
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     topic = f"{run_id}.events"
-    out = {k: f"{run_id}.{k}.out" for k in ("raw", "naive", "naive_tuned", "worker", "workers")}
+    out = {
+        k: f"{run_id}.{k}.out"
+        for k in ("raw", "naive_faust", "naive_faust_tuned", "naive_quix", "worker", "workers")
+    }
     await create_topics(bootstrap, [topic], args.partitions)
     await create_topics(bootstrap, out.values(), args.partitions, log_append_time=True)
     t = time.monotonic()
@@ -299,44 +319,33 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             ),
             work / "raw.log",
         )
-        runs["raw"] = await _one(child, out["raw"], expected=n, **common)
+        runs["raw"] = await run_one(child, out["raw"], expected=n, **common)
+    naive: list[tuple[str, str, list[str]]] = []  # (run key, module, extra arguments)
     if "naive" in args.phases:
-        variants: list[tuple[str, list[str]]] = [("naive_faust", [])]
+        naive.append(("naive_faust", "bench.naive_faust", ["--partitions", str(args.partitions)]))
         if args.naive_tuned:
-            variants.append(("naive_faust_tuned", ["--tuned"]))
-        for key, extra in variants:
-            name = "naive_tuned" if extra else "naive"
-            child = Child(
-                key,
-                python(
-                    "-m",
-                    "bench.naive_faust",
-                    "--bootstrap",
-                    bootstrap,
-                    "--input",
-                    topic,
-                    "--output",
-                    out[name],
-                    "--model",
-                    str(model),
-                    "--app-id",
-                    f"{run_id}-{name}",
-                    "--data-dir",
-                    str(work / name),
-                    "--partitions",
-                    str(args.partitions),
-                    *extra,
-                ),
-                work / f"{name}.log",
+            naive.append(
+                ("naive_faust_tuned", "bench.naive_faust", ["--partitions", str(args.partitions), "--tuned"])
             )
-            runs[key] = await _one(
-                child,
-                out[name],
-                expected=len(txn_ids),
-                decode=_decode_score,
-                max_seconds=args.naive_max_seconds,
-                **common,
-            )
+    if "quix" in args.phases:
+        naive.append(("naive_quix", "bench.naive_quix", []))
+    for key, module, extra in naive:
+        child = Child(
+            key,
+            python(
+                "-m", module, "--bootstrap", bootstrap, "--input", topic, "--output", out[key],
+                "--model", str(model), "--app-id", f"{run_id}-{key}", "--data-dir", str(work / key), *extra,
+            ),
+            work / f"{key}.log",
+        )  # fmt: skip
+        runs[key] = await run_one(
+            child,
+            out[key],
+            expected=len(txn_ids),
+            decode=decode_score,
+            max_seconds=args.naive_max_seconds,
+            **common,
+        )
     if "workers" in args.phases:  # before the latency phase adds events to the topic
         name = f"workers{args.processes}"
         workers_topic = topic
@@ -351,7 +360,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                     "-m",
                     "bench.worker_entry",
                     "--",
-                    *_worker_args(
+                    *worker_command(
                         args,
                         model,
                         bootstrap,
@@ -366,18 +375,18 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             for k in range(args.processes)
         ]
         try:
-            runs["workers"] = await _one(
+            runs["workers"] = await run_one(
                 children[0],
                 out["workers"],
                 expected=len(txn_ids),
-                decode=_decode_score,
+                decode=decode_score,
                 others=children[1:],
                 marks=(0.5, 1.0),
                 stop=False,
                 **common,
             )
             if args.workers_latency_rate:
-                feed = _Feed(
+                feed = Feed(
                     bootstrap,
                     workers_topic,
                     out["workers"],
@@ -391,7 +400,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
             for c in children:
                 c.stop()
     if "worker" in args.phases:
-        worker_args = _worker_args(
+        worker_args = worker_command(
             args, model, bootstrap, topic, out["worker"], work / "worker", f"{run_id}-sn"
         )
         profile = ["--profile", str(args.profile.resolve())] if args.profile else []
@@ -400,11 +409,11 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
         cmd = python("-m", "bench.worker_entry", *profile, "--", *worker_args)
         child = Child("worker", cmd, work / "worker.log")
         try:
-            runs["worker"] = await _one(
+            runs["worker"] = await run_one(
                 child,
                 out["worker"],
                 expected=len(txn_ids),
-                decode=_decode_score,
+                decode=decode_score,
                 stop=False,
                 marks=(0.1, 0.25, 0.5, 0.75, 1.0),
                 **common,
@@ -416,7 +425,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
                 if args.smoke:
                     rate = min(rate, SMOKE_MAX_RATE)
                 stream = continuation(base, n)
-                feed = _Feed(bootstrap, topic, out["worker"], args.partitions, codec, stream, [child.pid])
+                feed = Feed(bootstrap, topic, out["worker"], args.partitions, codec, stream, [child.pid])
                 results["latency"] = await _latency(args, feed, rate)
                 results["latency_curve"] = await _curve(args, feed, runs["worker"].events_per_s)
         finally:
@@ -430,7 +439,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str, work: Path) -> dict[
 
 
 @dataclass
-class _Feed:
+class Feed:
     """A running worker's input and output topics, and the events that continue its input."""
 
     bootstrap: str
@@ -456,7 +465,7 @@ def _without_series(lat: Latency) -> dict[str, Any]:
     return {k: v for k, v in lat.__dict__.items() if k != "by_second"}
 
 
-async def _latency(args: argparse.Namespace, feed: _Feed, rate: float) -> dict[str, Any]:
+async def _latency(args: argparse.Namespace, feed: Feed, rate: float) -> dict[str, Any]:
     """A warm-up at ``rate`` (reported, not counted), then the measured latency phase."""
     warmup = None
     if args.latency_warmup > 0:
@@ -468,7 +477,7 @@ async def _latency(args: argparse.Namespace, feed: _Feed, rate: float) -> dict[s
     return {**lat.__dict__, "warmup": warmup}
 
 
-async def _curve(args: argparse.Namespace, feed: _Feed, max_rate: float) -> list[dict[str, Any]]:
+async def _curve(args: argparse.Namespace, feed: Feed, max_rate: float) -> list[dict[str, Any]]:
     """Latency at each ``--latency-curve`` load, highest first; no warm-up (the latency phase was one)."""
     points = []
     for load in sorted(args.curve_loads, reverse=True):
@@ -478,7 +487,7 @@ async def _curve(args: argparse.Namespace, feed: _Feed, max_rate: float) -> list
     return points
 
 
-def _worker_args(
+def worker_command(
     args: argparse.Namespace, model: Path, bootstrap: str, topic: str, out: str, data_dir: Path, app_id: str
 ) -> list[str]:
     """``supernova worker`` arguments for one worker process of the bench."""
@@ -487,12 +496,13 @@ def _worker_args(
         "--data-dir", str(data_dir), "--app-id", app_id,
         "--partitions", str(args.partitions),
         "--events-topic", topic, "--scores-topic", out, "--dlq-topic", f"{app_id}.dlq",
-        "--http-port", str(_free_port()),
+        "--http-port", str(free_port()),
         *args.worker_args.split(),
     ]  # fmt: skip
 
 
-async def _one(child: Child, out_topic: str, stop: bool = True, **kw: Any) -> Run:
+async def run_one(child: Child, out_topic: str, stop: bool = True, **kw: Any) -> Run:
+    """``harness.measure`` of one system, logged; the child is stopped after unless ``stop=False``."""
     log.info("%s: running", child.name)
     try:
         run = await measure(child, out_topic=out_topic, **kw)
@@ -526,7 +536,7 @@ def _read_events(args: argparse.Namespace) -> tuple[Any, list[Event]]:
 def _replay(args: argparse.Namespace, model: Path, work: Path) -> dict[str, dict[str, Any]]:
     """Replay over the input file: features only (as ``make demo``); optionally also with scores."""
     limit = args.events if args.smoke else None
-    out = {"replay": _replay_module(args.input, limit) or _replay_cli(_replay_args(args, work, limit))}
+    out = {"replay": replay_timed(args.input, limit) or _replay_cli(_replay_args(args, work, limit))}
     if args.replay_model:
         extra = ["--model", str(model), "--scores-out", str(work / "s.parquet")]
         out["replay_model"] = _replay_cli(_replay_args(args, work, limit) + extra)
@@ -540,16 +550,18 @@ def _replay_args(args: argparse.Namespace, work: Path, limit: int | None) -> lis
 
 
 _REPLAY_MODULE = """
-import json, sys
+import json, os, sys
 from pathlib import Path
+from bench.procstat import sample
 from bench.replay import _replay, _timed
 limit = int(sys.argv[3]) or None
 events, wall, cpu = _timed(lambda: _replay(Path(sys.argv[1]), Path(sys.argv[2]), limit))
-print(json.dumps({"events": events, "seconds": wall, "cpu_s": cpu}))
+peak = sample(os.getpid()).hwm  # VmHWM: ru_maxrss keeps the parent's peak across fork and exec
+print(json.dumps({"events": events, "seconds": wall, "cpu_s": cpu, "peak_rss": peak}))
 """
 
 
-def _replay_module(input_path: Path, limit: int | None) -> dict[str, Any] | None:
+def replay_timed(input_path: Path, limit: int | None) -> dict[str, Any] | None:
     """bench/replay.py's timing of ``streams.replay.replay`` (wall and CPU), in a fresh process.
 
     That module is maintained separately and its helpers are private: when they are
@@ -571,6 +583,7 @@ def _replay_module(input_path: Path, limit: int | None) -> dict[str, Any] | None
         "events_per_s": round(got["events"] / got["seconds"], 1),
         "cpu_s": round(got["cpu_s"], 2),
         "cpu_us_per_event": round(got["cpu_s"] / got["events"] * 1e6, 2),
+        "peak_rss_mb": round(got["peak_rss"] / 2**20, 1),
         "via": "bench/replay.py (_timed(_replay)): streams.replay.replay writing features to Parquet",
     }
 
@@ -605,7 +618,7 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
             f"raw: {runs['raw'].outputs:,} copies of {n:,} events" + ("" if good else "  [MISMATCH]")
         )
     scores: dict[str, dict[str, float]] = {}
-    for key in ("naive_faust", "naive_faust_tuned", "worker", "workers"):
+    for key in ("naive_faust", "naive_faust_tuned", "naive_quix", "worker", "workers"):
         if key not in runs:
             continue
         run = runs[key]
@@ -634,14 +647,15 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
             f"naive faust vs worker scores: max |Δ| {worst:.2e}, {differ} of {len(diffs):,} differ by "
             f"> {SCORE_TOLERANCE:g} (float summation order in std/means can move a tree split)"
         )
-    if "worker" in scores and "workers" in scores:  # same features, same model: same scores
-        a, b = scores["worker"], scores["workers"]
-        worst = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=0.0)
-        good = worst <= 1e-12
-        ok &= good
-        lines.append(
-            f"worker vs {runs['workers'].name}: max |Δ| {worst:.2e}" + ("" if good else "  [MISMATCH]")
-        )
+    # The same per-event code (naive faust and Quix), the same features (one worker and
+    # several): the same scores.
+    for x, y in (("naive_faust", "naive_quix"), ("worker", "workers")):
+        if x in scores and y in scores:
+            a, b = scores[x], scores[y]
+            worst = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=0.0)
+            good = worst <= 1e-12
+            ok &= good
+            lines.append(f"{x} vs {runs[y].name}: max |Δ| {worst:.2e}" + ("" if good else "  [MISMATCH]"))
     phases = [(key, results.get(key)) for key in ("latency", "latency_workers")]
     phases += [(f"latency at {100 * p['load']:.0f}% load", p) for p in results.get("latency_curve", [])]
     for key, lat in phases:
@@ -654,12 +668,6 @@ def _checks(runs: dict[str, Run], n: int, txn_ids: set[str], results: dict[str, 
                 + ("" if good else "  [MISMATCH: the worker fell behind; percentiles are lower bounds]")
             )
     return {"ok": bool(ok), "lines": lines}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

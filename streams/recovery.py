@@ -60,6 +60,7 @@ async def restore(
         start = store.changelog_offset()
         if end <= start:
             return Restored(0, None, start)
+        log.info("restoring partition %d from %s, offsets %d to %d", partition, topic, start, end)
         reader.seek(tp, start)
         resume = None
         restored = 0

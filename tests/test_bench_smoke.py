@@ -27,6 +27,7 @@ def test_every_system_scores_every_event_in_smoke_mode(kafka_broker, tmp_path: P
     events = results["config"]["events"]
     assert runs["raw"]["outputs"] == events
     assert runs["naive_faust"]["outputs"] == runs["worker"]["outputs"] > 0
+    assert runs["naive_quix"]["outputs"] == runs["worker"]["outputs"]  # the same work in Quix Streams
     assert runs["workers"]["outputs"] == runs["worker"]["outputs"]  # two processes, one group
     assert results["latency"]["scores"] > 0
     assert results["latency_workers"]["scores"] == results["latency_workers"]["expected_scores"] > 0
