@@ -18,7 +18,8 @@ transaction. For each population, in a temporary directory:
    then ``supernova worker`` from an empty data directory until every transaction
    among them is scored (``harness.measure``: rate between the first and the last
    score's LogAppendTime; peak RSS). ``--cache-mb`` is passed only when the worker
-   has that option (``--cache-fraction`` of the estimated record bytes);
+   has that option: ``--cache-fraction`` (a tenth) of what the records of those
+   events take in memory by the cache's own estimate (``streams/cache.py``);
 3. **records**: after the worker's graceful stop, the sum of the record values in its
    RocksDB stores (metadata keys left out), per entity it holds;
 4. **changelog**: the changelog topic is created here beforehand with
@@ -89,6 +90,7 @@ from bench.run import (
 )
 from entities.events import Event, EventCodec
 from entities.spec import load_spec
+from streams.cache import MB, RECORD_BYTES, item_bytes
 from streams.kafka_io import CHANGELOG_CONFIG
 from streams.produce import produce
 from streams.sources import Rejected, read_events
@@ -96,7 +98,6 @@ from streams.sources import Rejected, read_events
 log = logging.getLogger("bench.scale")
 CARD_BASE = 7_000_000_000_000_000  # clone card numbers: CARD_BASE + k * cards + card (fits int64)
 LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? ")  # faust's and logging's
-DEFAULT_BYTES_PER_EVENT = 110.0  # encoded record bytes per applied event, until one is measured
 READ_BACK_S = 20e-6  # the harness reading a score back after the run, per event
 
 
@@ -133,7 +134,7 @@ class Row:
     worker_entities: int = 0
     worker_events_per_s: float | None = None
     worker_peak_rss_mb: float | None = None
-    cache_mb: int | None = None
+    cache_mb: float | None = None
     record_bytes: int = 0
     changelog_messages: int = 0
     changelog_bytes: int = 0
@@ -162,7 +163,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600_000,
         help="events the worker processes per population (at most)",
     )
-    p.add_argument("--cache-fraction", type=float, default=0.25, help="worker cache, of the record bytes")
+    p.add_argument(
+        "--cache-fraction", type=float, default=0.1, help="worker --cache-mb, of its records' size in memory"
+    )
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--latency-warmup", type=float, default=5.0)
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
@@ -235,7 +238,7 @@ async def _run_all(
             log.warning("%s: skipped, %.0f s left of the budget", name, remaining)
             rows.append(Row(name, 0, 0, note=f"skipped: {remaining:.0f} s left of the budget"))
             continue
-        row = await _measure(pop, args, model, bootstrap, kafka_data, work, cache_flag, rows, cost)
+        row = await _measure(pop, args, model, bootstrap, kafka_data, work, cache_flag, cost)
         rows.append(row)
         pop.path.unlink(missing_ok=True)
     return rows
@@ -365,7 +368,6 @@ async def _measure(
     kafka_data: Path | None,
     work: Path,
     cache_flag: bool,
-    done: list[Row],
     cost: _Cost,
 ) -> Row:
     row = Row(pop.name, pop.entities, pop.events, note=pop.note)
@@ -391,7 +393,15 @@ async def _measure(
     await create_topics(bootstrap, [out], args.partitions, log_append_time=True)
     await _create_changelog(bootstrap, changelog, args.partitions)
     types: Counter[str] = Counter()
-    preload = (types.update((e.type,)) or e for e in islice(_events(pop.path, codec), args.worker_events))
+    seen: set[str] = set()
+
+    def counted(events: Iterator[Event]) -> Iterator[Event]:
+        for e in events:
+            types[e.type] += 1
+            seen.add(e.entity_id)
+            yield e
+
+    preload = counted(islice(_events(pop.path, codec), args.worker_events))
     row.worker_events = await produce(bootstrap, topic, codec, preload, partitions=args.partitions)
     txns = types["transaction"]
     row.seconds["preload"] = round(time.monotonic() - t, 1)
@@ -399,7 +409,7 @@ async def _measure(
     data_dir = work / f"{run_id}-data"
     extra: list[str] = []
     if cache_flag:
-        row.cache_mb = _cache_mb(args, row.worker_events, done)
+        row.cache_mb = _cache_mb(args, len(seen), txns)
         extra = ["--cache-mb", str(row.cache_mb)]
 
     def worker(name: str) -> Child:
@@ -463,14 +473,10 @@ async def _create_changelog(bootstrap: str, topic: str, partitions: int) -> None
         await admin.close()
 
 
-def _cache_mb(args: argparse.Namespace, events: int, done: list[Row]) -> int:
-    """``--cache-fraction`` of the record bytes these events should make (per event as measured last)."""
-    per_event = DEFAULT_BYTES_PER_EVENT
-    for r in reversed(done):
-        if r.worker_events and r.record_bytes:
-            per_event = r.record_bytes / r.worker_events
-            break
-    return max(1, int(args.cache_fraction * events * per_event / 2**20))
+def _cache_mb(args: argparse.Namespace, entities: int, transactions: int) -> float:
+    """``--cache-fraction`` of what these records take in memory, by the cache's estimate."""
+    per_item = item_bytes(load_spec(SPEC))["transactions"]  # retention (31 days) keeps the whole slice
+    return round(args.cache_fraction * (entities * RECORD_BYTES + transactions * per_item) / MB, 1)
 
 
 def _has_cache_option() -> bool:
