@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="RocksDB and faust state")
     p.add_argument("--app-id", default="supernova")
     p.add_argument("--partitions", type=int, default=4, help="partitions of topics it creates")
+    p.add_argument(
+        "--replication-factor", type=int, default=1, help="replication factor of topics it creates"
+    )
     p.add_argument("--events-topic", default="events")
     p.add_argument("--scores-topic", default="scores")
     p.add_argument("--dlq-topic", default="events.dlq")
@@ -379,6 +382,7 @@ def _worker(args: argparse.Namespace) -> int:
         scores_topic=args.scores_topic,
         dlq_topic=args.dlq_topic,
         partitions=args.partitions,
+        replication_factor=args.replication_factor,
         create_topics=not args.no_create_topics,
         max_batch=args.max_batch,
         cache_mb=args.cache_mb,

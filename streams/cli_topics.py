@@ -37,6 +37,12 @@ def add_topics_command(
         help="partitions of the events topic (default: its count if it exists, else 4)",
     )
     p.add_argument("--create", action="store_true", help="create what is missing (as an admin), then check")
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=1,
+        help="replication factor of the topics --create makes (3 on a production cluster)",
+    )
     p.add_argument("--worker-principal", default="User:supernova-worker")
     p.add_argument("--producer-principal", default="User:events-producer")
     p.add_argument("--reader-principal", default="User:scores-reader")
@@ -53,6 +59,7 @@ def add_topics_command(
             scores_topic=args.scores_topic,
             dlq_topic=args.dlq_topic,
             partitions=args.partitions or 4,
+            replication_factor=args.replication_factor,
             kafka=kafka_config(args),
         )
         partitions = cfg.partitions

@@ -253,7 +253,7 @@ async def _create(
     admin: AIOKafkaAdminClient, cfg: WorkerConfig, missing: list[TopicNeed], events: int
 ) -> None:
     response = await admin.create_topics(
-        [NewTopic(t.name, t.partitions, 1, topic_configs=t.configs) for t in missing]
+        [NewTopic(t.name, t.partitions, cfg.replication_factor, topic_configs=t.configs) for t in missing]
     )
     # A concurrent creator is fine (the check follows). Of several refusals, name the first
     # topic in the app's order, not the broker's, so the line is the same at every start.

@@ -83,6 +83,7 @@ class WorkerConfig:
     dlq_topic: str = "events.dlq"
     partitions: int = DEFAULT_PARTITIONS  # of the topics it creates (the events topic's count wins)
     create_topics: bool = True  # create missing topics at start (else: stop, naming them)
+    replication_factor: int = 1  # of the topics it creates (a single broker here; 3 on a real cluster)
     max_batch: int = 5000
     poll_timeout_ms: int = 100
     # Between checkpoints. At-least-once: longer means fewer rewrites of the same hot

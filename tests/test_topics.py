@@ -13,6 +13,7 @@ import asyncio
 import logging
 import shlex
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +370,25 @@ async def _commit_end_offsets(bootstrap: str, group: str, topic: str) -> None:
         await consumer.commit({tp: end[tp] for tp in tps})
     finally:
         await consumer.stop()
+
+
+def test_topics_create_asks_for_the_replication_factor_given(
+    kafka_broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A single broker cannot hold 2 replicas: the refusal proves the factor reached Kafka, in one line."""
+    app = f"rf{uuid.uuid4().hex[:8]}"
+    args = [
+        "topics",
+        "--bootstrap",
+        kafka_broker.bootstrap,
+        "--app-id",
+        app,
+        "--events-topic",
+        f"{app}.events",
+    ]
+    args += ["--scores-topic", f"{app}.scores", "--dlq-topic", f"{app}.dlq", "--create"]
+    assert main([*args, "--replication-factor", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: topic {app}.events does not exist"), err
+    assert "creating it failed: InvalidReplicationFactorError" in err[0], err
+    assert main([*args, "--replication-factor", "1"]) == 0
