@@ -1,7 +1,9 @@
 """Restore a partition's records from its changelog when the local database is missing or behind.
 
-Every checkpoint writes each changed record to the compacted changelog with two
-headers: the input offsets the checkpoint spans. After reading the changelog to
+Every checkpoint writes what changed in its records (heads and segments, under the
+keys they have in RocksDB; null values for deleted segments) to the compacted
+changelog with two headers: the input offsets the checkpoint spans. Restoring copies
+the key/values into the store, a null deleting the key. After reading the changelog to
 its end, the partition resumes at the *start* of the last checkpoint it logged:
 if that checkpoint was only partly logged, its events are applied again, and the
 records that already hold them ignore them by event id.
@@ -69,7 +71,7 @@ async def restore(
             if records:
                 if check is not None:
                     check(r.value for r in records)
-                pairs = ((r.key.decode(), r.value) for r in records)
+                pairs = ((r.key, r.value) for r in records)
                 store.commit(pairs, None, records[-1].offset + 1)
                 restored += len(records)
                 resume = int(dict(records[-1].headers)[msg.CL_BATCH_START])
