@@ -189,7 +189,8 @@ class RecordCodec:
         self._lateness = spec.lateness_ms
         self._retention = [(rep.retention_ms, rep.max_count) for rep in spec.repeated.values()]
         self._bucket = [
-            (bucket_ms or {}).get(name) or bucket_ms_for(rep.retention_ms) for name, rep in spec.repeated.items()
+            (bucket_ms or {}).get(name) or bucket_ms_for(rep.retention_ms)
+            for name, rep in spec.repeated.items()
         ]
         self._fixed_type = attrs_struct("fixed", dict(spec.fixed.fields), optional=True)
         self._columns = [ColumnsCodec(name, dict(rep.fields)) for name, rep in spec.repeated.items()]
@@ -296,7 +297,11 @@ class RecordCodec:
                 first = items[0][0] // width
                 start = self._first_dirty(items, was, width)
                 segs = [s for s in old if first <= s[0] and (start is None or s[0] < start)]
-                j, n = (len(items), 0) if start is None else (bisect_left(items, start * width, key=_ts), len(items))
+                j, n = (
+                    (len(items), 0)
+                    if start is None
+                    else (bisect_left(items, start * width, key=_ts), len(items))
+                )
                 while j < n:
                     bucket = items[j][0] // width
                     k = bisect_left(items, (bucket + 1) * width, lo=j, key=_ts)
@@ -309,7 +314,17 @@ class RecordCodec:
             listed.append(segs)
             noted.append(self._written(items, segs))
         head = self._head_type(
-            HEAD_VERSION, self.layout, entity_id, fixed, listed, lifetime, last_ts, duplicates, offset, fixed_ids, writes
+            HEAD_VERSION,
+            self.layout,
+            entity_id,
+            fixed,
+            listed,
+            lifetime,
+            last_ts,
+            duplicates,
+            offset,
+            fixed_ids,
+            writes,
         )
         puts.append((entity_id.encode(), encode(head)))
         record.stored = Stored(writes, noted)
@@ -354,7 +369,9 @@ class RecordCodec:
     def _assemble(self, head: Any, segments: Sequence[bytes | None]) -> SupernovaRecord:
         """A record from its head and the segments it lists (in ``segment_keys`` order)."""
         if len(segments) != sum(map(len, head.segments)):
-            raise RecordError(f"record head lists {sum(map(len, head.segments))} segments, got {len(segments)}")
+            raise RecordError(
+                f"record head lists {sum(map(len, head.segments))} segments, got {len(segments)}"
+            )
         record = SupernovaRecord(head.entity_id, self.repeated)
         record.fixed = {k: v for k, v in msgspec.structs.asdict(head.fixed).items() if v is not msgspec.UNSET}
         at = 0
@@ -408,7 +425,7 @@ class RecordCodec:
         # A whole record is a 10-element msgpack array whose first element is its
         # version; a head, an 11-element one.
         version = data[1] if len(data) > 1 and data[0] in (0x9A, 0x9B) else None
-        if version == HEAD_VERSION and data[0] != 0x9B or version in (1, 2) and data[0] != 0x9A:
+        if (version == HEAD_VERSION and data[0] != 0x9B) or (version in (1, 2) and data[0] != 0x9A):
             version = None
         decoder = self._decoders.get(version)  # type: ignore[arg-type]
         try:

@@ -3,9 +3,10 @@
 The store (RocksDB) holds every record; the cache holds the records in use, up to a
 byte budget (``--cache-mb``). Each call is per batch, never per event: ``load``
 moves the batch's entities to the recent end and brings the missing ones in with one
-multi-get of their heads and one of the segments those list; ``note_changed`` re-measures the records a batch changed; ``evict`` drops
-the least recently used records, skipping those the caller cannot drop yet (the
-worker: changed since its last checkpoint) or writing them first (replay).
+multi-get of their heads and one of the segments those list; ``note_changed``
+re-measures the records a batch changed; ``evict`` drops the least recently used
+records, skipping those the caller cannot drop yet (the worker: changed since its
+last checkpoint) or writing them first (replay).
 
 Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, what a
 tuple of its fields, its event id in the dedupe set and its share of the window

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
@@ -41,9 +41,10 @@ class PartitionStore:
         self.existed = path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
-        # Every checkpoint rewrites whole hot records: 64 MB memtables (the default) would
-        # hold many copies of each in memory. 8 MB ones flush sooner, in RocksDB's own
-        # threads, and also bound what a crash leaves to restore from the changelog.
+        # Every checkpoint rewrites the heads and newest segments of hot records: 64 MB
+        # memtables (the default) would hold many copies of each in memory. 8 MB ones
+        # flush sooner, in RocksDB's own threads, and also bound what a crash leaves to
+        # restore from the changelog.
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         self.db = Rdict(str(path), options)
         no_wal = WriteOptions()
@@ -56,7 +57,7 @@ class PartitionStore:
 
     def get_raw(self, keys: list[bytes]) -> list[bytes | None]:
         """Stored values of raw keys (None where absent): the segments of records."""
-        return cast(list[bytes | None], self.db[keys]) if keys else []
+        return cast(list[bytes | None], self.db[cast(Any, keys)]) if keys else []
 
     def input_offset(self) -> int | None:
         """Next input offset to consume, as of the last committed batch."""
@@ -106,9 +107,9 @@ class PartitionStore:
         wb.delete(entity_id.encode())
         prefix = segment_prefix(entity_id)
         for key, value in self.db.items(from_key=prefix):
-            if not key.startswith(prefix):
+            if not cast(bytes, key).startswith(prefix):
                 break
-            wb.put(_QUARANTINE + key, value)
+            wb.put(_QUARANTINE + cast(bytes, key), value)
             wb.delete(key)
         self.db.write(wb)
 

@@ -14,6 +14,7 @@ import asyncio
 import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, train_small_model
@@ -37,7 +38,9 @@ def sample_events() -> list[Event]:
     return [e for e in items if isinstance(e, Event)]
 
 
-def _checkpoints(events: list[Event]) -> tuple[Engine, list[list[tuple[bytes, bytes | None]]], dict[str, bytes]]:
+def _checkpoints(
+    events: list[Event],
+) -> tuple[Engine, list[list[tuple[bytes, bytes | None]]], dict[str, bytes]]:
     """The events in checkpoints: the engine, each checkpoint's key/values, and each
     record's whole encoding before the last checkpoint."""
     engine = Engine(load_spec(SPEC))
@@ -47,7 +50,9 @@ def _checkpoints(events: list[Event]) -> tuple[Engine, list[list[tuple[bytes, by
         if start + CHECKPOINT_EVENTS >= len(events):
             before = {eid: engine.codec.encode(rec) for eid, rec in engine.records.items()}
         changed = engine.process(events[start : start + CHECKPOINT_EVENTS]).changed
-        written.append([kv for eid in sorted(changed) for kv in engine.codec.encode_parts(engine.records[eid])])
+        written.append(
+            [kv for eid in sorted(changed) for kv in engine.codec.encode_parts(engine.records[eid])]
+        )
     return engine, written, before
 
 
@@ -79,7 +84,8 @@ def test_records_written_in_segments_over_checkpoints_read_back_equal(
     store = _store(tmp_path / "rocksdb", log)
     assert _read_all(store, codec, ids) == want
     listed = {k for eid in ids for k in codec.segment_keys(store.get_many([eid])[0])}  # type: ignore[arg-type]
-    assert {bytes(k) for k in store.db.keys(from_key=SEGMENT_PREFIX) if k.startswith(SEGMENT_PREFIX)} == listed
+    stored = [cast(bytes, k) for k in store.db.keys(from_key=SEGMENT_PREFIX)]
+    assert {k for k in stored if k.startswith(SEGMENT_PREFIX)} == listed
 
     # A restore of the changelog as written, and as compaction leaves it (the last
     # value of each key; a deleted key gone, or its null kept).
@@ -121,11 +127,20 @@ def test_the_changelog_a_worker_writes_is_a_fraction_of_whole_records(
     """Bytes of changelog values per event, against the whole records the same checkpoints held."""
     codec_events, items = file_events(SPEC, SAMPLE, 20_000, adapter=ADAPTER)
     events = [e for e in items if isinstance(e, Event)]
-    worker = WorkerProcess(kafka_broker.bootstrap, model, tmp_path / "data", extra=["--commit-interval", "0.25"])
+    worker = WorkerProcess(
+        kafka_broker.bootstrap, model, tmp_path / "data", extra=["--commit-interval", "0.25"]
+    )
     worker.start()
     try:
         asyncio.run(
-            produce(kafka_broker.bootstrap, worker.topics["events"], codec_events, iter(events), rate=4_000, partitions=4)
+            produce(
+                kafka_broker.bootstrap,
+                worker.topics["events"],
+                codec_events,
+                iter(events),
+                rate=4_000,
+                partitions=4,
+            )
         )
         n_txn = sum(e.type == "transaction" for e in events)
         read_topic(kafka_broker.bootstrap, worker.topics["scores"], expect=n_txn, timeout=180)
