@@ -29,6 +29,7 @@ the retention rule again, which drops what retention trimmed since each was writ
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -47,6 +48,7 @@ BUCKETS_PER_RETENTION = 32
 # Segment keys: NUL-led like the store's metadata, so a scan of heads (from b"\x01")
 # never meets them; the entity id's length makes the prefix of one entity unambiguous.
 SEGMENT_PREFIX = b"\x00seg\x00"
+_SEGMENT_ID = struct.Struct(">BqQ")  # attribute index, bucket, write: big-endian
 
 
 def segment_prefix(entity_id: str) -> bytes:
@@ -57,12 +59,7 @@ def segment_prefix(entity_id: str) -> bytes:
 
 def segment_key(entity_id: str, attr: int, bucket: int, written: int) -> bytes:
     """The key of one segment: entity, attribute index, time bucket, the write that made it."""
-    return (
-        segment_prefix(entity_id)
-        + attr.to_bytes(1, "big")
-        + bucket.to_bytes(8, "big", signed=True)
-        + written.to_bytes(8, "big")
-    )
+    return segment_prefix(entity_id) + _SEGMENT_ID.pack(attr, bucket, written)
 
 
 def bucket_ms_for(retention_ms: int) -> int:
@@ -154,6 +151,12 @@ def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
 
 def _ts(item: tuple[Any, ...]) -> Any:
     return item[0]
+
+
+def _first_at(items: list[tuple[Any, ...]], ts: int, lo: int = 0) -> int:
+    """Index of the first item with a ts of at least ``ts`` (a 1-tuple sorts before its
+    extensions, so no key function runs per step)."""
+    return bisect_left(items, (ts,), lo)
 
 
 def _head_type(fixed_type: Any) -> Any:
@@ -288,6 +291,7 @@ class RecordCodec:
         listed: list[list[tuple[int, int]]] = []
         noted = []
         encode = self._encoder.encode
+        prefix = segment_prefix(entity_id)
         for i, items in enumerate(all_items):
             was = prev.attrs[i] if prev is not None else None
             old = was.segments if was is not None else []
@@ -300,17 +304,17 @@ class RecordCodec:
                 j, n = (
                     (len(items), 0)
                     if start is None
-                    else (bisect_left(items, start * width, key=_ts), len(items))
+                    else (_first_at(items, start * width), len(items))
                 )
                 while j < n:
                     bucket = items[j][0] // width
-                    k = bisect_left(items, (bucket + 1) * width, lo=j, key=_ts)
+                    k = _first_at(items, (bucket + 1) * width, j)
                     value = encode(self._columns[i].encode(items[j:k]))
-                    puts.append((segment_key(entity_id, i, bucket, writes), value))
+                    puts.append((prefix + _SEGMENT_ID.pack(i, bucket, writes), value))
                     segs.append((bucket, writes))
                     j = k
             kept = set(segs)
-            deletes += [(segment_key(entity_id, i, b, w), None) for b, w in old if (b, w) not in kept]
+            deletes += [(prefix + _SEGMENT_ID.pack(i, b, w), None) for b, w in old if (b, w) not in kept]
             listed.append(segs)
             noted.append(self._written(items, segs))
         head = self._head_type(
@@ -333,7 +337,7 @@ class RecordCodec:
     def _written(self, items: list[tuple[Any, ...]], segments: list[tuple[int, int]]) -> Written:
         if not items:
             return Written(0, None, None, 0, segments)
-        zone = len(items) - bisect_left(items, items[-1][0] - self._lateness, key=_ts)
+        zone = len(items) - _first_at(items, items[-1][0] - self._lateness)
         return Written(len(items), items[0], items[-1], zone, segments)
 
     def _first_dirty(self, items: list[tuple[Any, ...]], was: Written | None, width: int) -> int | None:
@@ -344,8 +348,8 @@ class RecordCodec:
         if was.n == len(items) and was.first is items[0] and was.last is items[-1]:
             return None
         ts = was.last[0]
-        lo = bisect_left(items, ts - self._lateness, key=_ts)
-        p = bisect_right(items, ts, lo=lo, key=_ts) - 1
+        lo = _first_at(items, ts - self._lateness)
+        p = _first_at(items, ts + 1, lo) - 1  # ts are integers (ms)
         while p >= lo and items[p] is not was.last and items[p][0] == ts:
             p -= 1
         # Late items land no older than the newest then minus the lateness, i.e. in the

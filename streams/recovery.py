@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Restored:
-    """Outcome of a restore: how many records, and where to resume (None: not restored)."""
+    """Outcome of a restore: messages copied (heads, segments, deletes), where to resume (None: none)."""
 
     records: int
     resume: int | None
@@ -77,7 +77,7 @@ async def restore(
                 resume = int(dict(records[-1].headers)[msg.CL_BATCH_START])
         store.commit((), None, end)
         if restored:
-            log.info("restored %d records of partition %d from the changelog", restored, partition)
+            log.info("restored %d changelog messages of partition %d from the changelog", restored, partition)
         return Restored(restored, resume, end)
     finally:
         await reader.stop()
