@@ -301,11 +301,7 @@ class RecordCodec:
                 first = items[0][0] // width
                 start = self._first_dirty(items, was, width)
                 segs = [s for s in old if first <= s[0] and (start is None or s[0] < start)]
-                j, n = (
-                    (len(items), 0)
-                    if start is None
-                    else (_first_at(items, start * width), len(items))
-                )
+                j, n = (len(items), 0) if start is None else (_first_at(items, start * width), len(items))
                 while j < n:
                     bucket = items[j][0] // width
                     k = _first_at(items, (bucket + 1) * width, j)
