@@ -40,20 +40,21 @@ def sample_events() -> list[Event]:
 
 def _checkpoints(
     events: list[Event],
-) -> tuple[Engine, list[list[tuple[bytes, bytes | None]]], dict[str, bytes]]:
-    """The events in checkpoints: the engine, each checkpoint's key/values, and each
-    record's whole encoding before the last checkpoint."""
+) -> tuple[RecordCodec, list[list[tuple[bytes, bytes | None]]], dict[str, bytes], dict[str, bytes]]:
+    """The events in checkpoints: each checkpoint's key/values, and every record's whole
+    encoding before and after the last checkpoint."""
     engine = Engine(load_spec(SPEC))
+    codec = engine.codec
     written: list[list[tuple[bytes, bytes | None]]] = []
     before: dict[str, bytes] = {}
     for start in range(0, len(events), CHECKPOINT_EVENTS):
         if start + CHECKPOINT_EVENTS >= len(events):
-            before = {eid: engine.codec.encode(rec) for eid, rec in engine.records.items()}
+            before = {eid: codec.encode(rec) for eid, rec in engine.records.items()}
         changed = engine.process(events[start : start + CHECKPOINT_EVENTS]).changed
-        written.append(
-            [kv for eid in sorted(changed) for kv in engine.codec.encode_parts(engine.records[eid])]
-        )
-    return engine, written, before
+        written.append([kv for eid in sorted(changed) for kv in codec.encode_parts(engine.records[eid])])
+    most = max(len(s.segments) for r in engine.records.values() for s in r.stored.attrs)  # type: ignore[union-attr]
+    assert most > 3  # records span several segments
+    return codec, written, before, {eid: codec.encode(rec) for eid, rec in engine.records.items()}
 
 
 def _store(path: Path, messages: Iterable[tuple[bytes, bytes | None]]) -> PartitionStore:
@@ -73,11 +74,8 @@ def _read_all(store: PartitionStore, codec: RecordCodec, entity_ids: list[str]) 
 def test_records_written_in_segments_over_checkpoints_read_back_equal(
     sample_events: list[Event], tmp_path: Path
 ) -> None:
-    engine, written, _ = _checkpoints(sample_events)
-    codec = engine.codec
-    want = {eid: codec.encode(rec) for eid, rec in engine.records.items()}
+    codec, written, _, want = _checkpoints(sample_events)
     ids = list(want)
-    assert max(len(s.segments) for r in engine.records.values() for s in r.stored.attrs) > 3  # type: ignore[union-attr]
     log = [kv for checkpoint in written for kv in checkpoint]
 
     # RocksDB as the checkpoints wrote it: no segment left that no head lists.
@@ -99,9 +97,7 @@ def test_records_written_in_segments_over_checkpoints_read_back_equal(
 def test_a_changelog_cut_inside_a_checkpoint_reads_back_each_record_before_or_after_it(
     sample_events: list[Event], tmp_path: Path
 ) -> None:
-    engine, written, before = _checkpoints(sample_events)
-    codec = engine.codec
-    after = {eid: codec.encode(rec) for eid, rec in engine.records.items()}
+    codec, written, before, after = _checkpoints(sample_events)
     head = [kv for checkpoint in written[:-1] for kv in checkpoint]
     rng = random.Random(19)
     for n, cut in enumerate(sorted(rng.sample(range(len(written[-1])), 5))):
