@@ -160,3 +160,25 @@ def test_the_changelog_a_worker_writes_is_a_fraction_of_whole_records(
     print(f"changelog values: {per_event:.0f} bytes/event; whole records: {whole_per_event:.0f} bytes/event")
     assert per_event < 0.7 * whole_per_event, (per_event, whole_per_event)
     assert per_event < 1_000
+
+
+def test_a_whole_record_of_version_2_is_read_and_rewritten_split_at_its_next_checkpoint(
+    sample_events: list[Event], tmp_path: Path
+) -> None:
+    entity = sample_events[0].entity_id
+    mine = [e for e in sample_events if e.entity_id == entity]
+    engine = Engine(load_spec(SPEC))
+    engine.process(mine[:-1])
+    codec = engine.codec
+    store = _store(tmp_path / "v2", [(entity.encode(), codec.encode(engine.records[entity]))])
+    assert store.get_many([entity])[0][1] == 2  # type: ignore[index]  # a whole record, version 2
+
+    cache = RecordCache(load_spec(SPEC), codec, store.get_many, 1 << 40, get_segments=store.get_raw)
+    cache.load([entity])
+    live = Engine(load_spec(SPEC))
+    live.records = cache.records
+    live.process(mine[-1:])
+    store.commit(codec.encode_parts(cache.records[entity]), None, None)
+    engine.process(mine[-1:])
+    assert store.get_many([entity])[0][1] == 3  # type: ignore[index]  # now a head
+    assert _read_all(store, codec, [entity]) == {entity: codec.encode(engine.records[entity])}
