@@ -15,11 +15,24 @@ record written under an incompatible layout is refused instead of misread. Versi
 stores each repeated attribute as columns (``entities/columns.py``): typed arrays
 for ts and numbers, dictionary-coded text, 16-byte event ids when they are hex
 digests; version 1 (tuples of items) is still read.
+
+At rest a record is split (version 3, ``encode_parts``): a **head** under the entity's
+key (everything but the items, plus per repeated attribute the list of its segments)
+and **segments**, the items of one attribute whose ts fall in one time bucket, each
+under its own key (``segment_key``). A write puts the head, the segments that may
+have received items since the record was last written, and deletes (None) for the
+segments it no longer lists; a rewritten segment gets a new key (the head's write
+count is part of it), so a head always names segments that exist, whatever prefix
+of a write survived a crash. Loading concatenates the listed segments and applies
+the retention rule again, which drops what retention trimmed since each was written.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import struct
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -27,8 +40,31 @@ from entities.columns import ColumnsCodec, ColumnsError
 from entities.events import attrs_struct
 from entities.spec import Spec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # whole records (``encode``)
+HEAD_VERSION = 3  # heads of records stored in segments (``encode_parts``)
 RECENT_FIXED_IDS = 16  # fixed-attribute event ids remembered for dedupe
+HOUR_MS = 3_600_000
+BUCKETS_PER_RETENTION = 32
+# Segment keys: NUL-led like the store's metadata, so a scan of heads (from b"\x01")
+# never meets them; the entity id's length makes the prefix of one entity unambiguous.
+SEGMENT_PREFIX = b"\x00seg\x00"
+_SEGMENT_ID = struct.Struct(">BqQ")  # attribute index, bucket, write: big-endian
+
+
+def segment_prefix(entity_id: str) -> bytes:
+    """The key prefix shared by every segment of one entity."""
+    eid = entity_id.encode()
+    return SEGMENT_PREFIX + len(eid).to_bytes(2, "big") + eid
+
+
+def segment_key(entity_id: str, attr: int, bucket: int, written: int) -> bytes:
+    """The key of one segment: entity, attribute index, time bucket, the write that made it."""
+    return segment_prefix(entity_id) + _SEGMENT_ID.pack(attr, bucket, written)
+
+
+def bucket_ms_for(retention_ms: int) -> int:
+    """Segment width for an attribute: a 32nd of its retention in whole hours, at least an hour."""
+    return max(HOUR_MS, round(retention_ms / BUCKETS_PER_RETENTION / HOUR_MS) * HOUR_MS)
 
 
 class RecordError(ValueError):
@@ -48,6 +84,7 @@ class SupernovaRecord:
         "last_ts",
         "lifetime",
         "offset",
+        "stored",
         "windows",
     )
 
@@ -64,10 +101,33 @@ class SupernovaRecord:
         # (built by the FeaturePlan on first use).
         self.ids: dict[str, set[str]] = {name: set() for name in repeated}
         self.windows: Any = None
+        # Derived: what the last segmented write stored (``RecordCodec.encode_parts``).
+        self.stored: Stored | None = None
 
     def sizes(self) -> dict[str, int]:
         """Number of retained items per repeated attribute."""
         return {name: len(items) for name, items in self.items.items()}
+
+
+class Written(NamedTuple):
+    """One repeated attribute as a record's last segmented write stored it.
+
+    ``first`` and ``last`` are the item objects: items are only inserted, or dropped
+    from the front, so the same count, first and last mean the same items.
+    """
+
+    n: int
+    first: Any
+    last: Any
+    zone: int  # items then no older than the newest minus the allowed lateness
+    segments: list[tuple[int, int]]  # (bucket, write) of each segment listed
+
+
+class Stored(NamedTuple):
+    """What a record's last segmented write stored, to tell which segments changed since."""
+
+    writes: int
+    attrs: list[Written]
 
 
 def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
@@ -89,12 +149,52 @@ def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
     )
 
 
-class RecordCodec:
-    """msgpack encoding of records for one spec layout."""
+def _ts(item: tuple[Any, ...]) -> Any:
+    return item[0]
 
-    def __init__(self, spec: Spec) -> None:
+
+def _first_at(items: list[tuple[Any, ...]], ts: int, lo: int = 0) -> int:
+    """Index of the first item with a ts of at least ``ts`` (a 1-tuple sorts before its
+    extensions, so no key function runs per step)."""
+    return bisect_left(items, (ts,), lo)
+
+
+def _head_type(fixed_type: Any) -> Any:
+    return msgspec.defstruct(
+        "record_head",
+        [
+            ("v", int),
+            ("layout", str),
+            ("entity_id", str),
+            ("fixed", fixed_type),
+            ("segments", list[list[tuple[int, int]]]),
+            ("lifetime", dict[str, dict[str, list[float]]]),
+            ("last_ts", dict[str, int]),
+            ("duplicates", int),
+            ("offset", int),
+            ("fixed_ids", list[str]),
+            ("writes", int),
+        ],
+        array_like=True,
+    )
+
+
+class RecordCodec:
+    """msgpack encoding of records for one spec layout.
+
+    ``bucket_ms`` overrides the segment width per attribute (tests); by default it is
+    ``bucket_ms_for`` its retention. Readers never need it: a head lists its segments.
+    """
+
+    def __init__(self, spec: Spec, bucket_ms: dict[str, int] | None = None) -> None:
         self.layout = spec.layout_hash()
         self.repeated = list(spec.repeated)
+        self._lateness = spec.lateness_ms
+        self._retention = [(rep.retention_ms, rep.max_count) for rep in spec.repeated.values()]
+        self._bucket = [
+            (bucket_ms or {}).get(name) or bucket_ms_for(rep.retention_ms)
+            for name, rep in spec.repeated.items()
+        ]
         self._fixed_type = attrs_struct("fixed", dict(spec.fixed.fields), optional=True)
         self._columns = [ColumnsCodec(name, dict(rep.fields)) for name, rep in spec.repeated.items()]
         columns_type = msgspec.defstruct(
@@ -111,10 +211,13 @@ class RecordCodec:
             array_like=True,
         )
         self._encoder = msgspec.msgpack.Encoder()
+        self._head_type = _head_type(self._fixed_type)
         self._decoders = {
             1: msgspec.msgpack.Decoder(_state_type("record_v1", self._fixed_type, items_v1)),
             2: msgspec.msgpack.Decoder(self._state_type),
+            HEAD_VERSION: msgspec.msgpack.Decoder(self._head_type),
         }
+        self._segment_decoders = [msgspec.msgpack.Decoder(c.struct) for c in self._columns]
 
     def new(self, entity_id: str) -> SupernovaRecord:
         """An empty record for an entity."""
@@ -159,20 +262,171 @@ class RecordCodec:
         )
         return self._encoder.encode(state)
 
-    def _header(self, data: bytes) -> tuple[int, str] | None:
+    def encode_parts(self, record: SupernovaRecord, snapshot: Any = None) -> list[tuple[bytes, bytes | None]]:
+        """The key/values that bring the stored record up to ``snapshot`` (default: now).
+
+        In write order: the new segments, the head, then deletes (None) for segments
+        the head no longer lists. Only segments that may have received items since the
+        last write are written: items arrive at the end, or late but no older than the
+        newest ts then minus the allowed lateness, so every bucket before that of
+        (newest ts at the last write - lateness) is as it was stored. Notes what it
+        wrote on the record (``record.stored``).
+        """
+        if snapshot is None:
+            snapshot = (
+                record.entity_id,
+                self._fixed_type(**record.fixed),
+                [record.items[n] for n in self.repeated],
+                record.lifetime,
+                record.last_ts,
+                record.duplicates,
+                record.offset,
+                record.fixed_ids,
+            )
+        entity_id, fixed, all_items, lifetime, last_ts, duplicates, offset, fixed_ids = snapshot
+        prev = record.stored
+        writes = (prev.writes if prev is not None else 0) + 1
+        puts: list[tuple[bytes, bytes | None]] = []
+        deletes: list[tuple[bytes, bytes | None]] = []
+        listed: list[list[tuple[int, int]]] = []
+        noted = []
+        encode = self._encoder.encode
+        prefix = segment_prefix(entity_id)
+        for i, items in enumerate(all_items):
+            was = prev.attrs[i] if prev is not None else None
+            old = was.segments if was is not None else []
+            segs: list[tuple[int, int]] = []
+            if items:
+                width = self._bucket[i]
+                first = items[0][0] // width
+                start = self._first_dirty(items, was, width)
+                segs = [s for s in old if first <= s[0] and (start is None or s[0] < start)]
+                j, n = (len(items), 0) if start is None else (_first_at(items, start * width), len(items))
+                while j < n:
+                    bucket = items[j][0] // width
+                    k = _first_at(items, (bucket + 1) * width, j)
+                    value = encode(self._columns[i].encode(items[j:k]))
+                    puts.append((prefix + _SEGMENT_ID.pack(i, bucket, writes), value))
+                    segs.append((bucket, writes))
+                    j = k
+            kept = set(segs)
+            deletes += [(prefix + _SEGMENT_ID.pack(i, b, w), None) for b, w in old if (b, w) not in kept]
+            listed.append(segs)
+            noted.append(self._written(items, segs))
+        head = self._head_type(
+            HEAD_VERSION,
+            self.layout,
+            entity_id,
+            fixed,
+            listed,
+            lifetime,
+            last_ts,
+            duplicates,
+            offset,
+            fixed_ids,
+            writes,
+        )
+        puts.append((entity_id.encode(), encode(head)))
+        record.stored = Stored(writes, noted)
+        return puts + deletes
+
+    def _written(self, items: list[tuple[Any, ...]], segments: list[tuple[int, int]]) -> Written:
+        if not items:
+            return Written(0, None, None, 0, segments)
+        zone = len(items) - _first_at(items, items[-1][0] - self._lateness)
+        return Written(len(items), items[0], items[-1], zone, segments)
+
+    def _first_dirty(self, items: list[tuple[Any, ...]], was: Written | None, width: int) -> int | None:
+        """The first bucket that may hold items inserted since ``was`` was written (None: none)."""
+        first: int = items[0][0] // width
+        if was is None or was.last is None:
+            return first
+        if was.n == len(items) and was.first is items[0] and was.last is items[-1]:
+            return None
+        ts = was.last[0]
+        lo = _first_at(items, ts - self._lateness)
+        p = _first_at(items, ts + 1, lo) - 1  # ts are integers (ms)
+        while p >= lo and items[p] is not was.last and items[p][0] == ts:
+            p -= 1
+        # Late items land no older than the newest then minus the lateness, i.e. in the
+        # zone [ts - lateness, ts]; with an older item still there (lo > 0) none of the
+        # zone was trimmed, so an unchanged zone count up to the old newest item means
+        # every item since lies after it.
+        if lo > 0 and p >= lo and items[p] is was.last and p + 1 - lo == was.zone:
+            return max(first, items[p + 1][0] // width) if p + 1 < len(items) else None
+        return max(first, (ts - self._lateness) // width)
+
+    def segment_keys(self, data: bytes) -> list[bytes]:
+        """Keys of the segments a stored head lists, in order ([] for whole records and bad bytes)."""
+        if not (len(data) > 1 and data[0] == 0x9B and data[1] == HEAD_VERSION):
+            return []
+        try:
+            head = self._decoders[HEAD_VERSION].decode(data)
+        except msgspec.MsgspecError:
+            return []
+        return [segment_key(head.entity_id, i, b, w) for i, segs in enumerate(head.segments) for b, w in segs]
+
+    def _assemble(self, head: Any, segments: Sequence[bytes | None]) -> SupernovaRecord:
+        """A record from its head and the segments it lists (in ``segment_keys`` order)."""
+        if len(segments) != sum(map(len, head.segments)):
+            raise RecordError(
+                f"record head lists {sum(map(len, head.segments))} segments, got {len(segments)}"
+            )
+        record = SupernovaRecord(head.entity_id, self.repeated)
+        record.fixed = {k: v for k, v in msgspec.structs.asdict(head.fixed).items() if v is not msgspec.UNSET}
+        at = 0
+        noted = []
+        for i, name in enumerate(self.repeated):
+            segs = head.segments[i]
+            items: list[tuple[Any, ...]] = []
+            for data in segments[at : at + len(segs)]:
+                if data is None:
+                    raise RecordError(f"record segment of {name!r} missing")
+                try:
+                    items += self._columns[i].decode(self._segment_decoders[i].decode(data))
+                except (msgspec.MsgspecError, ColumnsError) as exc:
+                    raise RecordError(f"record segment does not decode: {exc}") from None
+            at += len(segs)
+            if items:  # what retention trimmed since the older segments were written
+                retention, max_count = self._retention[i]
+                too_old = items[-1][0] - retention
+                k = max(0, len(items) - max_count)
+                if items[0][0] <= too_old:
+                    k = max(k, bisect_right(items, too_old, key=_ts))
+                del items[:k]
+            record.items[name] = items
+            record.ids[name] = {item[1] for item in items}
+            noted.append(self._written(items, [tuple(s) for s in segs]))  # type: ignore[misc]
+        record.lifetime = head.lifetime
+        record.last_ts = head.last_ts
+        record.duplicates = head.duplicates
+        record.offset = head.offset
+        record.fixed_ids = head.fixed_ids
+        record.stored = Stored(head.writes, noted)
+        return record
+
+    def _header(self, data: bytes) -> tuple[int | None, str] | None:
         """(version, layout) when the bytes start like a record of any version."""
         try:
             head = msgspec.msgpack.decode(data)
         except msgspec.MsgspecError:
             return None
         if isinstance(head, list) and len(head) >= 2 and isinstance(head[0], int):
-            return head[0], str(head[1])
+            # A version this codec reads, in an array of another size, is foreign too.
+            fits = (len(head) == 11) == (head[0] == HEAD_VERSION)
+            return head[0] if fits else None, str(head[1])
         return None
 
-    def decode(self, data: bytes) -> SupernovaRecord:
-        """Deserialise a record; raise RecordError on corrupt or foreign bytes."""
-        # A record is a 10-element msgpack array whose first element is its version.
-        version = data[1] if len(data) > 1 and data[0] == 0x9A else None
+    def decode(self, data: bytes, segments: Sequence[bytes | None] = ()) -> SupernovaRecord:
+        """Deserialise a record; raise RecordError on corrupt or foreign bytes.
+
+        A head (version 3) needs the values of the keys ``segment_keys`` gave for it.
+        """
+        # A whole record is a 10-element msgpack array whose first element is its
+        # version; a head, an 11-element one.
+        version = data[1] if len(data) > 1 and data[0] in (0x9A, 0x9B) else None
+        if (version == HEAD_VERSION and data[0] != 0x9B) or (version in (1, 2) and data[0] != 0x9A):
+            version = None
         decoder = self._decoders.get(version)  # type: ignore[arg-type]
         try:
             if decoder is None:
@@ -181,7 +435,10 @@ class RecordCodec:
         except msgspec.MsgspecError as exc:
             head = self._header(data)  # a foreign version/layout says so, not "does not decode"
             if head is not None and head[0] not in self._decoders:
-                raise RecordError(f"record schema version {head[0]}, expected {SCHEMA_VERSION}") from None
+                version = msgspec.msgpack.decode(data)[0]
+                raise RecordError(
+                    f"record schema version {version}, expected {SCHEMA_VERSION} or {HEAD_VERSION}"
+                ) from None
             if head is not None and head[1] != self.layout:
                 raise RecordError(
                     f"record written for layout {head[1]}, this spec has {self.layout}"
@@ -189,6 +446,8 @@ class RecordCodec:
             raise RecordError(f"record does not decode: {exc}") from None
         if state.layout != self.layout:
             raise RecordError(f"record written for layout {state.layout}, this spec has {self.layout}")
+        if version == HEAD_VERSION:
+            return self._assemble(state, segments)
         record = SupernovaRecord(state.entity_id, self.repeated)
         record.fixed = msgspec.structs.asdict(state.fixed)
         record.fixed = {k: v for k, v in record.fixed.items() if v is not msgspec.UNSET}

@@ -1,7 +1,8 @@
 """``supernova bootstrap``: history files -> records -> the worker's changelog, so workers start warm.
 
 The history (one or more files, merged by ts as ``replay --warmup`` merges them) goes
-through the same core as replay and the worker. Each resulting record is written to
+through the same core as replay and the worker. Each resulting record is written (its
+segments, then its head, as a checkpoint writes them: ``RecordCodec.encode_parts``) to
 ``<app>-records-changelog`` on the partition its key hashes to (murmur2, the
 partition live events of that entity arrive on: streams.partitioning), with the
 changelog headers a worker's restore reads. A worker started afterwards, with any
@@ -272,22 +273,22 @@ async def _write(cfg: BootstrapConfig, plan: _Plan, engine: Engine, summary: Boo
         p: [(msg.CL_BATCH_START, str(offset).encode()), (msg.CL_BATCH_END, str(offset).encode())]
         for p, offset in plan.resume.items()
     }
-    records, encode, n = engine.records, engine.codec.encode, plan.partitions
+    records, encode, n = engine.records, engine.codec.encode_parts, plan.partitions
     total = len(records)
     futures: list[Any] = []
     last_log = time.perf_counter()
     try:
         while records:
             chunk = []
-            for _ in range(min(CHUNK, len(records))):
+            taken = min(CHUNK, len(records))
+            for _ in range(taken):
                 entity_id, record = records.popitem()
-                key = entity_id.encode()
-                data = encode(record)
-                p = partition_for(key, n)
-                chunk.append((key, data, headers[p], p))
-                summary.bytes += len(key) + len(data)
+                p = partition_for(entity_id.encode(), n)
+                for key, data in encode(record):  # a new record: its segments, then its head
+                    chunk.append((key, data, headers[p], p))
+                    summary.bytes += len(key) + len(data or b"")
             futures += await send_batches(producer, cfg.worker.changelog_topic, chunk)
-            summary.records += len(chunk)
+            summary.records += taken
             if len(futures) > MAX_PENDING_SENDS:
                 await asyncio.gather(*futures)
                 futures.clear()

@@ -3,9 +3,10 @@
 The store (RocksDB) holds every record; the cache holds the records in use, up to a
 byte budget (``--cache-mb``). Each call is per batch, never per event: ``load``
 moves the batch's entities to the recent end and brings the missing ones in with one
-multi-get; ``note_changed`` re-measures the records a batch changed; ``evict`` drops
-the least recently used records, skipping those the caller cannot drop yet (the
-worker: changed since its last checkpoint) or writing them first (replay).
+multi-get of their heads and one of the segments those list; ``note_changed``
+re-measures the records a batch changed; ``evict`` drops the least recently used
+records, skipping those the caller cannot drop yet (the worker: changed since its
+last checkpoint) or writing them first (replay).
 
 Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, what a
 tuple of its fields, its event id in the dedupe set and its share of the window
@@ -51,6 +52,7 @@ class RecordCache:
         get_many: Callable[[list[str]], list[bytes | None]],
         budget: int,
         on_corrupt: Callable[[str, bytes, RecordError], None] | None = None,
+        get_segments: Callable[[list[bytes]], list[bytes | None]] | None = None,
     ) -> None:
         self.codec = codec
         self.budget = budget
@@ -60,6 +62,7 @@ class RecordCache:
         self.loads = 0  # records read from the store
         self.evictions = 0
         self._get_many = get_many
+        self._get_segments = get_segments
         self._on_corrupt = on_corrupt
         self._item_bytes = list(item_bytes(spec).items())
 
@@ -80,11 +83,11 @@ class RecordCache:
                 records[entity_id] = rec
         if not missing:
             return
-        for entity_id, data in zip(missing, self._get_many(missing), strict=True):
+        for entity_id, data, segments in self.fetch(missing):
             if data is None:
                 continue
             try:
-                rec = self.codec.decode(data)
+                rec = self.codec.decode(data, segments)
             except RecordError as err:
                 if self._on_corrupt is None:
                     raise
@@ -94,6 +97,19 @@ class RecordCache:
             size = self.sizes[entity_id] = self.size_of(rec)
             self.bytes += size
             self.loads += 1
+
+    def fetch(self, entity_ids: list[str]) -> list[tuple[str, bytes | None, list[bytes | None]]]:
+        """Stored bytes of these entities: head (None if absent) and the segments it lists."""
+        heads = self._get_many(entity_ids)
+        keys = [self.codec.segment_keys(data) if data is not None else [] for data in heads]
+        flat = [k for ks in keys for k in ks]
+        values = self._get_segments(flat) if flat and self._get_segments is not None else []
+        out = []
+        at = 0
+        for entity_id, data, ks in zip(entity_ids, heads, keys, strict=True):
+            out.append((entity_id, data, values[at : at + len(ks)]))
+            at += len(ks)
+        return out
 
     def note_changed(self, entity_ids: Iterable[str]) -> None:
         """Re-measure records a batch changed (or created)."""

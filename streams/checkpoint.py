@@ -52,7 +52,8 @@ class Span:
     start: int
     end: int
     batch: WriteBatch  # the records for RocksDB, filled as they are encoded
-    changed: list[tuple[str, bytes]] = field(default_factory=list)  # the same, for the changelog
+    # The same key/values for the changelog (None: a delete, a null on the changelog).
+    changed: list[tuple[bytes, bytes | None]] = field(default_factory=list)
     # The records to encode: a copy (RecordCodec.snapshot) taken before the loop
     # changed the record again, or None while the live record holds the boundary's state.
     pending: dict[str, Any] = field(default_factory=dict)
@@ -84,12 +85,13 @@ class Checkpoint:
             pending, records, codec = span.pending, span.part.cache.records, span.part.cache.codec
             while pending:
                 entity_id, snapshot = pending.popitem()
-                if snapshot is None:  # unchanged since the boundary
-                    data = codec.encode(records[entity_id])
-                else:
-                    data = codec.encode_snapshot(snapshot)
-                span.changed.append((entity_id, data))
-                span.batch.put(entity_id.encode(), data)  # copied now: a little at a time, too
+                # snapshot None: the record is unchanged since the boundary
+                for key, data in codec.encode_parts(records[entity_id], snapshot):
+                    span.changed.append((key, data))
+                    if data is None:  # copied now: a little at a time, too
+                        span.batch.delete(key)
+                    else:
+                        span.batch.put(key, data)
                 if until is not None and clock() >= until:
                     return not any(span.pending for span in self.spans)
         return True
@@ -199,7 +201,7 @@ class Checkpointer:
                 (msg.CL_BATCH_START, str(span.start).encode()),
                 (msg.CL_BATCH_END, str(span.end).encode()),
             ]
-            cl = [(eid.encode(), data, headers, p) for eid, data in span.changed]
+            cl = [(key, data, headers, p) for key, data in span.changed]
             deliveries.append(
                 await send_batches(self.changelog_producer, self.cfg.changelog_topic, cl, count=True)
             )

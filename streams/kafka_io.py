@@ -17,7 +17,7 @@ DEFAULT_PARTITIONS = 4  # of the topics the worker and the producer create
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(8 << 20)}
 
 # (key, value, headers, partition)
-Message = tuple[bytes | None, bytes, list[tuple[str, bytes]], int]
+Message = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int]  # a None value: a tombstone
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -70,7 +70,7 @@ async def send_batches(
             batch = open_batches[p] = producer.create_batch()
             counts[p] = 0
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                raise ValueError(f"message of {len(value)} bytes exceeds the producer batch")
+                raise ValueError(f"message of {len(value or b'')} bytes exceeds the producer batch")
         counts[p] += 1
     for p in list(open_batches):
         await flush(p)

@@ -35,8 +35,13 @@ class _Head(msgspec.Struct, array_like=True):
 _head = msgspec.msgpack.Decoder(_Head)
 
 
-def record_layout(data: bytes) -> str | None:
-    """The layout hash an encoded record was written for (None if the bytes say nothing)."""
+def record_layout(data: bytes | None) -> str | None:
+    """The layout hash an encoded record or head was written for (None if the bytes say nothing).
+
+    Segments and deletes (None) say nothing: their heads do.
+    """
+    if data is None:
+        return None
     try:
         return _head.decode(data).layout
     except msgspec.MsgspecError:
@@ -49,7 +54,7 @@ class LayoutCheck:
     def __init__(self, codec: RecordCodec) -> None:
         self.layout = codec.layout
 
-    def check(self, records: Iterable[bytes], where: str) -> None:
+    def check(self, records: Iterable[bytes | None], where: str) -> None:
         """Raise LayoutMismatch at the first record of a known other layout."""
         for data in records:
             found = record_layout(data)

@@ -1,7 +1,9 @@
 """Restore a partition's records from its changelog when the local database is missing or behind.
 
-Every checkpoint writes each changed record to the compacted changelog with two
-headers: the input offsets the checkpoint spans. After reading the changelog to
+Every checkpoint writes what changed in its records (heads and segments, under the
+keys they have in RocksDB; null values for deleted segments) to the compacted
+changelog with two headers: the input offsets the checkpoint spans. Restoring copies
+the key/values into the store, a null deleting the key. After reading the changelog to
 its end, the partition resumes at the *start* of the last checkpoint it logged:
 if that checkpoint was only partly logged, its events are applied again, and the
 records that already hold them ignore them by event id.
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Restored:
-    """Outcome of a restore: how many records, and where to resume (None: not restored)."""
+    """Outcome of a restore: messages copied (heads, segments, deletes), where to resume (None: none)."""
 
     records: int
     resume: int | None
@@ -70,13 +72,13 @@ async def restore(
             if records:
                 if check is not None:
                     check(r.value for r in records)
-                pairs = ((r.key.decode(), r.value) for r in records)
+                pairs = ((r.key, r.value) for r in records)
                 store.commit(pairs, None, records[-1].offset + 1)
                 restored += len(records)
                 resume = int(dict(records[-1].headers)[msg.CL_BATCH_START])
         store.commit((), None, end)
         if restored:
-            log.info("restored %d records of partition %d from the changelog", restored, partition)
+            log.info("restored %d changelog messages of partition %d from the changelog", restored, partition)
         return Restored(restored, resume, end)
     finally:
         await reader.stop()

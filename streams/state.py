@@ -36,7 +36,14 @@ class PartitionCache(RecordCache):
 
     def __init__(self, store: PartitionStore, engine: Engine, budget: int) -> None:
         """The cache of ``engine``'s records, loaded from ``store``, within ``budget`` bytes."""
-        super().__init__(engine.spec, engine.codec, store.get_many, budget, on_corrupt=self._quarantine)
+        super().__init__(
+            engine.spec,
+            engine.codec,
+            store.get_many,
+            budget,
+            on_corrupt=self._quarantine,
+            get_segments=store.get_raw,
+        )
         self.store = store
         engine.records = self.records
         self.changed: set[str] = set()
@@ -77,9 +84,9 @@ class PartitionCache(RecordCache):
         """The entity's record, held or stored, without bringing it into memory (None if neither)."""
         record: SupernovaRecord | None = self.records.get(entity_id)
         if record is None:
-            data = self.store.get_many([entity_id])[0]
+            _, data, segments = self.fetch([entity_id])[0]
             if data is not None:
-                record = self.codec.decode(data)
+                record = self.codec.decode(data, segments)
         return record
 
 

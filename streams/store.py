@@ -17,13 +17,16 @@ import shutil
 from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
+from entities.record import segment_prefix
+
 log = logging.getLogger(__name__)
 
-# Metadata keys start with a NUL byte: entity ids are non-empty text, never NUL-led.
+# Metadata and segment keys (entities/record.py) start with a NUL byte: record heads
+# are stored under their entity ids, non-empty text, never NUL-led.
 _INPUT_OFFSET = b"\x00input_offset"
 _CHANGELOG_OFFSET = b"\x00changelog_offset"
 _QUARANTINE = b"\x00quarantine\x00"
@@ -38,9 +41,10 @@ class PartitionStore:
         self.existed = path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
-        # Every checkpoint rewrites whole hot records: 64 MB memtables (the default) would
-        # hold many copies of each in memory. 8 MB ones flush sooner, in RocksDB's own
-        # threads, and also bound what a crash leaves to restore from the changelog.
+        # Every checkpoint rewrites the heads and newest segments of hot records: 64 MB
+        # memtables (the default) would hold many copies of each in memory. 8 MB ones
+        # flush sooner, in RocksDB's own threads, and also bound what a crash leaves to
+        # restore from the changelog.
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         self.db = Rdict(str(path), options)
         no_wal = WriteOptions()
@@ -51,6 +55,10 @@ class PartitionStore:
         """Stored record bytes of each entity (None where absent)."""
         return cast(list[bytes | None], self.db[[e.encode() for e in entity_ids]])
 
+    def get_raw(self, keys: list[bytes]) -> list[bytes | None]:
+        """Stored values of raw keys (None where absent): the segments of records."""
+        return cast(list[bytes | None], self.db[cast(Any, keys)]) if keys else []
+
     def input_offset(self) -> int | None:
         """Next input offset to consume, as of the last committed batch."""
         return _int(self.db.get(_INPUT_OFFSET))
@@ -59,16 +67,20 @@ class PartitionStore:
         """Next changelog offset not yet reflected here (0 for a new database)."""
         return _int(self.db.get(_CHANGELOG_OFFSET)) or 0
 
-    def batch(self, records: Iterable[tuple[str, bytes]] = ()) -> WriteBatch:
-        """A write batch holding these records; ``put`` adds more, ``commit`` writes it."""
+    def batch(self, records: Iterable[tuple[str | bytes, bytes | None]] = ()) -> WriteBatch:
+        """A write batch of these records (entity id or raw key; None deletes); ``commit`` writes it."""
         wb = WriteBatch(raw_mode=True)
-        for entity_id, data in records:
-            wb.put(entity_id.encode(), data)
+        for key, data in records:
+            raw = key if isinstance(key, bytes) else key.encode()
+            if data is None:
+                wb.delete(raw)
+            else:
+                wb.put(raw, data)
         return wb
 
     def commit(
         self,
-        records: Iterable[tuple[str, bytes]] | WriteBatch,
+        records: Iterable[tuple[str | bytes, bytes | None]] | WriteBatch,
         input_offset: int | None,
         changelog_offset: int | None,
     ) -> None:
@@ -89,10 +101,16 @@ class PartitionStore:
         return sum(1 for _ in self.db.keys(from_key=b"\x01"))
 
     def quarantine(self, entity_id: str, data: bytes) -> None:
-        """Move undecodable record bytes aside so the entity can start afresh."""
+        """Move an undecodable record (its head and every segment) aside so the entity can start afresh."""
         wb = WriteBatch(raw_mode=True)
         wb.put(_QUARANTINE + entity_id.encode(), data)
         wb.delete(entity_id.encode())
+        prefix = segment_prefix(entity_id)
+        for key, value in self.db.items(from_key=prefix):
+            if not cast(bytes, key).startswith(prefix):
+                break
+            wb.put(_QUARANTINE + cast(bytes, key), value)
+            wb.delete(key)
         self.db.write(wb)
 
     def close(self) -> None:

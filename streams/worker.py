@@ -87,8 +87,8 @@ class WorkerConfig:
     max_batch: int = 5000
     poll_timeout_ms: int = 100
     # Between checkpoints. At-least-once: longer means fewer rewrites of the same hot
-    # records (each checkpoint writes every changed record whole to the changelog and
-    # RocksDB) and more events applied again after a crash. Exactly-once: also the
+    # records (each checkpoint writes every changed record's head and newest segments
+    # to the changelog and RocksDB) and more events applied again after a crash. Exactly-once: also the
     # visibility delay of scores (the CLI defaults to 0.1 s there).
     commit_interval_ms: int = 5000
     include_features: bool = True

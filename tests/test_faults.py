@@ -86,9 +86,9 @@ def _event_id(message: object) -> str:
     return msgspec.json.decode(message.value, type=_EventId).event_id  # type: ignore[attr-defined]
 
 
-def _content(codec: RecordCodec, data: bytes) -> tuple:
+def _content(codec: RecordCodec, data: bytes, segments: list[bytes | None] | None = None) -> tuple:
     """What a record knows, without its duplicates counter (at-least-once replays bump it)."""
-    r = codec.decode(data)
+    r = codec.decode(data, segments or [])
     return (r.entity_id, r.fixed, r.items, r.lifetime, r.last_ts)
 
 
@@ -105,8 +105,8 @@ def _stored_records(data_dirs: list[Path], topic: str) -> dict[str, tuple]:
             try:
                 for key, value in store.db.items():
                     assert isinstance(key, bytes)  # the store runs in raw mode
-                    if not key.startswith(b"\x00"):
-                        out[key.decode()] = _content(codec, value)
+                    if not key.startswith(b"\x00"):  # a head: its segments are NUL-led
+                        out[key.decode()] = _content(codec, value, store.get_raw(codec.segment_keys(value)))
             finally:
                 store.close()
     return out
