@@ -89,6 +89,7 @@ from bench.run import (
     worker_command,
 )
 from entities.events import Event, EventCodec
+from entities.record import SEGMENT_PREFIX
 from entities.spec import load_spec
 from streams.cache import MB, RECORD_BYTES, item_bytes
 from streams.kafka_io import CHANGELOG_CONFIG
@@ -488,13 +489,17 @@ def _has_cache_option() -> bool:
 
 
 def stored_records(data_dir: Path) -> tuple[int, int]:
-    """(records, bytes of their values) in the worker's RocksDB stores; metadata keys (NUL-led) left out."""
+    """(records, bytes of their heads and segments) in the worker's RocksDB stores; metadata left out."""
     records = size = 0
     for path in sorted(p for p in data_dir.iterdir() if p.is_dir() and (p / "CURRENT").is_file()):
         db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
         try:
-            for value in db.values(from_key=b"\x01"):
+            for value in db.values(from_key=b"\x01"):  # heads (metadata keys are NUL-led)
                 records += 1
+                size += len(value)
+            for key, value in db.items(from_key=SEGMENT_PREFIX):
+                if not bytes(key).startswith(SEGMENT_PREFIX):  # type: ignore[arg-type]  # raw mode: bytes
+                    break
                 size += len(value)
         finally:
             db.close()
