@@ -230,7 +230,8 @@ class Items:
         self.inserted += 1
 
     def drop(self, k: int) -> None:
-        """Drop the ``k`` oldest items."""
+        """Drop the ``k`` oldest items (all of them if fewer)."""
+        k = min(k, len(self.ts))
         if k <= 0:
             return
         del self.ts[:k]
