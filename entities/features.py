@@ -23,6 +23,7 @@ import linecache
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
+from sys import intern
 from typing import Any
 
 import msgspec
@@ -186,7 +187,8 @@ class FeaturePlan:
         del record.fixed_ids[:-RECENT_FIXED_IDS]
         for k, v in msgspec.structs.asdict(event.attrs).items():
             if v is not msgspec.UNSET:
-                record.fixed[k] = v
+                # interned: a state, city or job is then one object however many records hold it
+                record.fixed[k] = intern(v) if type(v) is str else v
         for state in (record.windows or {}).values():
             state.fixed_row = None  # computed again from the new fixed attributes
 

@@ -31,6 +31,7 @@ the retention rule again, which drops what retention trimmed since each was writ
 from __future__ import annotations
 
 import struct
+import sys
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -158,6 +159,15 @@ def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
 def _first_at(items: Items, ts: int, lo: int = 0) -> int:
     """Index of the first item with a ts of at least ``ts``."""
     return bisect_left(items.ts, ts, lo)
+
+
+def _fixed_of(fixed: Any) -> dict[str, Any]:
+    """The fixed attributes of a decoded record, text interned (as ``_apply_fixed`` does)."""
+    return {
+        k: sys.intern(v) if type(v) is str else v
+        for k, v in msgspec.structs.asdict(fixed).items()
+        if v is not msgspec.UNSET
+    }
 
 
 def _head_type(fixed_type: Any) -> Any:
@@ -368,7 +378,7 @@ class RecordCodec:
                 f"record head lists {sum(map(len, head.segments))} segments, got {len(segments)}"
             )
         record = SupernovaRecord(head.entity_id, self._kinds)
-        record.fixed = {k: v for k, v in msgspec.structs.asdict(head.fixed).items() if v is not msgspec.UNSET}
+        record.fixed = _fixed_of(head.fixed)
         at = 0
         noted = []
         for i, name in enumerate(self.repeated):
@@ -442,8 +452,7 @@ class RecordCodec:
         if version == HEAD_VERSION:
             return self._assemble(state, segments)
         record = SupernovaRecord(state.entity_id, self._kinds)
-        record.fixed = msgspec.structs.asdict(state.fixed)
-        record.fixed = {k: v for k, v in record.fixed.items() if v is not msgspec.UNSET}
+        record.fixed = _fixed_of(state.fixed)
         for i, name in enumerate(self.repeated):
             try:
                 if version == 1:
