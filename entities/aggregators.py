@@ -1,7 +1,8 @@
 """Sliding-window aggregators: add the newest item, remove the oldest, read a value.
 
 Each aggregator holds plain data and is rebuilt from the record's items when a record
-is loaded, so nothing here is serialised. Items are tuples; ``idx`` picks the field.
+is loaded, so nothing here is serialised. Items are tuples; ``idx`` picks the field;
+``seq`` numbers an item (the running max/min tell the item leaving a window by it).
 
 Every ``add``/``remove`` has an inline twin (``emit_add``/``emit_remove``): the same
 statements as Python source, which the compiled feature plan pastes into its hot
@@ -14,11 +15,20 @@ latter may use the locals the former binds.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 Item = tuple[Any, ...]
+
+
+class Src(NamedTuple):
+    """Where inline source finds an item: ``field(i)`` its field ``i``, ``whole`` the
+    tuple (for the rare calls), ``seq`` its number (``Items.dropped`` + index)."""
+
+    field: Callable[[int], str]
+    whole: str
+    seq: str
+
 
 # Below this ratio of centred to raw sum of squares the running variance has lost
 # more than ~1e-12 of relative precision to cancellation: recompute in two passes.
@@ -60,12 +70,12 @@ class Sums:
         self.n = 0
         self.s = self.cs = 0.0
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Add an item's value."""
         self.n += 1
         self.s, self.cs = compensated(self.s, self.cs, item[self.idx])
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Remove an item's value (it must have been added)."""
         self.n -= 1
         if self.n == 0:  # empty: drop accumulated rounding entirely
@@ -73,18 +83,18 @@ class Sums:
             return
         self.s, self.cs = compensated(self.s, self.cs, -item[self.idx])
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``."""
-        return [f"{var}.n += 1", f"_x = {item}[{self.idx}]", *neumaier(f"{var}.s", f"{var}.cs", "_x")]
+        return [f"{var}.n += 1", f"_x = {it.field(self.idx)}", *neumaier(f"{var}.s", f"{var}.cs", "_x")]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)``."""
         return [
             f"{var}.n -= 1",
             f"if {var}.n == 0:",
             f"    {var}.s = {var}.cs = 0.0",
             "else:",
-            f"    _x = -{item}[{self.idx}]",
+            f"    _x = -{it.field(self.idx)}",
             *(f"    {line}" for line in neumaier(f"{var}.s", f"{var}.cs", "_x")),
         ]
 
@@ -109,37 +119,37 @@ class Moments(Sums):
         super().__init__(idx)
         self.q = self.cq = 0.0
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Add an item's value."""
-        super().add(item)
+        super().add(item, seq)
         x = item[self.idx]
         self.q, self.cq = compensated(self.q, self.cq, x * x)
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Remove an item's value (it must have been added)."""
-        super().remove(item)
+        super().remove(item, seq)
         if self.n == 0:
             self.q = self.cq = 0.0
             return
         x = item[self.idx]
         self.q, self.cq = compensated(self.q, self.cq, -(x * x))
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``."""
         return [
-            *super().emit_add(var, item),
+            *super().emit_add(var, it),
             "_x2 = _x * _x",
             *neumaier(f"{var}.q", f"{var}.cq", "_x2"),
         ]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)``."""
         return [
             f"{var}.n -= 1",
             f"if {var}.n == 0:",
             f"    {var}.s = {var}.cs = {var}.q = {var}.cq = 0.0",
             "else:",
-            f"    _x = -{item}[{self.idx}]",
+            f"    _x = -{it.field(self.idx)}",
             *(f"    {line}" for line in neumaier(f"{var}.s", f"{var}.cs", "_x")),
             "    _x2 = -(_x * _x)",
             *(f"    {line}" for line in neumaier(f"{var}.q", f"{var}.cq", "_x2")),
@@ -196,53 +206,57 @@ def exact_centred(x: float, xs: Sequence[float]) -> float:
 
 
 class Extreme:
-    """Running max (or min) over a sliding window: a monotonic deque of items."""
+    """Running max (or min) over a sliding window: a monotonic queue of (value, item number).
+
+    The queue is a list (its oldest entry first): it is short, and an empty list costs
+    56 bytes where a deque allocates a block of 64 slots per record.
+    """
 
     __slots__ = ("dq", "idx", "largest")
 
     def __init__(self, idx: int, largest: bool) -> None:
         self.idx = idx
         self.largest = largest
-        self.dq: deque[Item] = deque()
+        self.dq: list[tuple[Any, int]] = []
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Add the newest item; older items it dominates can never be the extreme again."""
-        dq, i, v = self.dq, self.idx, item[self.idx]
+        dq, v = self.dq, item[self.idx]
         if self.largest:
-            while dq and dq[-1][i] <= v:
+            while dq and dq[-1][0] <= v:
                 dq.pop()
         else:
-            while dq and dq[-1][i] >= v:
+            while dq and dq[-1][0] >= v:
                 dq.pop()
-        dq.append(item)
+        dq.append((v, seq))
 
-    def remove(self, item: Item) -> None:
-        """Remove the oldest item of the window."""
-        if self.dq and self.dq[0] is item:
-            self.dq.popleft()
+    def remove(self, item: Item, seq: int = 0) -> None:
+        """Remove the oldest item of the window (numbered ``seq``)."""
+        if self.dq and self.dq[0][1] == seq:
+            del self.dq[0]
 
-    def emit_add(self, var: str, item: str) -> list[str]:
-        """Inline source of ``var.add(item)``; binds ``{var}q``, the deque, for ``emit_remove``."""
-        i, op, dq = self.idx, "<=" if self.largest else ">=", f"{var}q"
+    def emit_add(self, var: str, it: Src) -> list[str]:
+        """Inline source of ``var.add(item)``; binds ``{var}q``, the queue, for ``emit_remove``."""
+        op, dq = "<=" if self.largest else ">=", f"{var}q"
         return [
             f"{dq} = {var}.dq",
-            f"_v = {item}[{i}]",
-            f"while {dq} and {dq}[-1][{i}] {op} _v:",
+            f"_v = {it.field(self.idx)}",
+            f"while {dq} and {dq}[-1][0] {op} _v:",
             f"    {dq}.pop()",
-            f"{dq}.append({item})",
+            f"{dq}.append((_v, {it.seq}))",
         ]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)`` (after ``emit_add`` of the same ``var``)."""
         dq = f"{var}q"
-        return [f"if {dq} and {dq}[0] is {item}:", f"    {dq}.popleft()"]
+        return [f"if {dq} and {dq}[0][1] == {it.seq}:", f"    del {dq}[0]"]
 
     def __len__(self) -> int:
         return len(self.dq)
 
     def value(self) -> float:
         """The current extreme (NaN when empty)."""
-        return self.dq[0][self.idx] if self.dq else math.nan
+        return self.dq[0][0] if self.dq else math.nan  # type: ignore[no-any-return]
 
 
 class Counter:
@@ -254,12 +268,12 @@ class Counter:
         self.idx = idx
         self.counts: dict[Any, int] = {}
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Count an item's value."""
         k = item[self.idx]
         self.counts[k] = self.counts.get(k, 0) + 1
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Uncount an item's value."""
         k = item[self.idx]
         c = self.counts[k] - 1
@@ -268,16 +282,16 @@ class Counter:
         else:
             del self.counts[k]
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}c``, the counts, for ``emit_remove``."""
         c = f"{var}c"
-        return [f"{c} = {var}.counts", f"_k = {item}[{self.idx}]", f"{c}[_k] = {c}.get(_k, 0) + 1"]
+        return [f"{c} = {var}.counts", f"_k = {it.field(self.idx)}", f"{c}[_k] = {c}.get(_k, 0) + 1"]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)`` (after ``emit_add`` of the same ``var``)."""
         c = f"{var}c"
         return [
-            f"_k = {item}[{self.idx}]",
+            f"_k = {it.field(self.idx)}",
             f"_n = {c}[_k] - 1",
             "if _n:",
             f"    {c}[_k] = _n",
@@ -297,19 +311,19 @@ class Tally:
     def __init__(self) -> None:
         self.n = 0
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Count an item."""
         self.n += 1
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Uncount an item."""
         self.n -= 1
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``."""
         return [f"{var}.n += 1"]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)``."""
         return [f"{var}.n -= 1"]
 
@@ -335,29 +349,29 @@ class Keyed:
         idx = self.idx
         return item[idx] if isinstance(idx, int) else tuple(item[i] for i in idx)
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Add an item to its key's aggregator."""
         k = self.key(item)
         part = self.parts.get(k)
         if part is None:
             part = self.parts[k] = self.make()
-        part.add(item)
+        part.add(item, seq)
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Remove an item from its key's aggregator (dropping it once empty)."""
         k = self.key(item)
         part = self.parts[k]
-        part.remove(item)
+        part.remove(item, seq)
         if not len(part):
             del self.parts[k]
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""
-        return [f"{var}.add({item})"]
+        return [f"{var}.add({it.whole}, {it.seq})"]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)``."""
-        return [f"{var}.remove({item})"]
+        return [f"{var}.remove({it.whole}, {it.seq})"]
 
     def get(self, key: Any) -> Any:
         """The aggregator of one key (None if no item of that key is inside)."""
@@ -373,20 +387,20 @@ class Filtered:
         self.test = test
         self.inner = inner
 
-    def add(self, item: Item) -> None:
+    def add(self, item: Item, seq: int = 0) -> None:
         """Add the item if it qualifies."""
         if self.test(item):
-            self.inner.add(item)
+            self.inner.add(item, seq)
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item, seq: int = 0) -> None:
         """Remove the item if it qualifies (it was added then)."""
         if self.test(item):
-            self.inner.remove(item)
+            self.inner.remove(item, seq)
 
-    def emit_add(self, var: str, item: str) -> list[str]:
+    def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""
-        return [f"{var}.add({item})"]
+        return [f"{var}.add({it.whole}, {it.seq})"]
 
-    def emit_remove(self, var: str, item: str) -> list[str]:
+    def emit_remove(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.remove(item)``."""
-        return [f"{var}.remove({item})"]
+        return [f"{var}.remove({it.whole}, {it.seq})"]

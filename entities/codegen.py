@@ -35,7 +35,7 @@ import msgspec
 
 from entities import reads
 from entities.aggregations import ZSCORE_MIN_STD
-from entities.aggregators import _ILL_CONDITIONED, exact_centred, exact_std, neumaier
+from entities.aggregators import _ILL_CONDITIONED, Src, exact_centred, exact_std, neumaier
 from entities.events import EventError
 from entities.filters import SameAsCurrent
 from entities.plan import FAMILIES, PREFIX_OPS, SQUARE_OPS, AggKey, AttributePlan, make_agg
@@ -78,7 +78,7 @@ class RowCode:
     """The feature row of one scored type as source: set-up lines, one expression each.
 
     The code reads these locals: ``record``, ``event``, ``item``, ``items`` (the
-    attribute's items up to and including ``item``), ``prev`` (ts of the previous item
+    attribute's items up to and including ``item``, as ``Items``), ``prev`` (ts of the previous item
     or None), ``stats`` (lifetime aggregates), ``fixed``, per window group ``g`` its
     start ``lo{g}`` and aggregators ``a{g}_{k}``, and per summed field ``j`` its prefix
     sums ``_P{j}`` (the last entry is the one after ``item``).
@@ -201,7 +201,7 @@ class Compiler:
         where = rp.index[f.where[0].field] if f.where else None
         idx = rp.index[fld] if fld is not None else -1
         if op == "count" and where is None:
-            size = row.once("_len", ["_len = len(items)"])
+            size = row.once("_len", ["_len = len(items.ts)"])
             return f"float({size} - lo{rp.group(f.length)})"
         if op == "count":
             # Count of items equal to the current one in the filter field.
@@ -223,10 +223,12 @@ class Compiler:
         if op == "mean":
             return f"(({agg}.s + {agg}.cs) / {agg}.n if {agg}.n else NAN)"
         if op in ("min", "max"):
-            return f"({agg}.dq[0][{idx}] if {agg}.dq else NAN)"
+            return f"({agg}.dq[0][0] if {agg}.dq else NAN)"
         if op == "distinct":
             return f"float(len({agg}.counts))"
-        keep = "" if where is None else f" if _it[{where}] == item[{where}]"
+        window = f"items.column({idx})[lo{g}:]"
+        if where is not None:
+            window = f"[_v for _v, _w in zip({window}, items.column({where})[lo{g}:]) if _w == item[{where}]]"
         sd = row.once(
             f"sd{g}_{a}",
             [  # Moments.std; ill-conditioned windows are computed exactly from their values
@@ -241,7 +243,7 @@ class Compiler:
                 f"    if _c > {_ILL_CONDITIONED!r} * _q:",
                 f"        sd{g}_{a} = sqrt(_c / _n)",
                 "    else:",
-                f"        vals{g}_{a} = [_it[{idx}] for _it in items[lo{g}:]{keep}]",
+                f"        vals{g}_{a} = {window}",
                 f"        sd{g}_{a} = exact_std(vals{g}_{a})",
             ],
         )
@@ -267,7 +269,7 @@ class Compiler:
         row.once(f"_pn{j}", _newest_entry(j, newest))
         pl = row.once(f"_pl{j}_{g}", [f"_pl{j}_{g} = _P{j}[{w} * lo{g}:{w} * lo{g} + {w}]"])
         total = row.once(f"sum{j}_{g}", _difference(f"sum{j}_{g}", newest[0], newest[1], pl, 0))
-        size = row.once("_len", ["_len = len(items)"])
+        size = row.once("_len", ["_len = len(items.ts)"])
         n = f"({size} - lo{g})"  # never 0: the window holds the current item
         if op == "sum":
             return total
@@ -286,7 +288,7 @@ class Compiler:
                 f"    if _c > {_ILL_CONDITIONED!r} * _q:",
                 f"        sd{j}_{g} = sqrt(_c / _n)",
                 "    else:",
-                f"        pvals{j}_{g} = [_it[{idx}] for _it in items[lo{g}:]]",
+                f"        pvals{j}_{g} = items.column({idx})[lo{g}:]",
                 f"        sd{j}_{g} = exact_std(pvals{j}_{g})",
             ],
         )
@@ -311,7 +313,6 @@ class Compiler:
             plan=runtime,
             bisect_right=bisect_right,
             array=array,
-            _ts=reads._ts,
         )
         src = Source()
         spec = self.spec
@@ -332,8 +333,9 @@ class Compiler:
                 for j in range(len(rp.prefix_fields)):
                     src(f"_P{j} = array('d', {(0.0,) * rp.prefix_width(j)})")
                 if rp.prefix_fields:
-                    with src.block("for item in items:"):
-                        self._emit_prefix_append(src, rp)
+                    src(*(f"_f{j} = items.column({idx})" for j, idx in enumerate(rp.prefix_fields)))
+                    with src.block("for _i in range(len(items.ts)):"):
+                        self._emit_prefix_append(src, rp, lambda j, idx: f"_f{j}[_i]")
                 src(f"return [{', '.join(f'_P{j}' for j in range(len(rp.prefix_fields)))}]")
         src("")
         with src.block("def apply(record, event):"):
@@ -397,26 +399,35 @@ class Compiler:
         if rp.filtered_lifetime:
             src(f"{self._name('lifetime_filtered', reads.lifetime_updater(rp))}(stats, item)")
 
-    def _emit_prefix_append(self, src: Source, rp: AttributePlan) -> None:
-        """Source appending ``item`` to the prefix sums ``_P{j}`` (Neumaier-compensated).
+    def _emit_prefix_append(
+        self, src: Source, rp: AttributePlan, value: Callable[[int, int], str] = lambda j, idx: f"item[{idx}]"
+    ) -> None:
+        """Source appending an item to the prefix sums ``_P{j}`` (Neumaier-compensated);
+        ``value(j, idx)`` is the source of its summed field ``j`` (item position ``idx``).
 
         The new entry stays in locals (``_prefix_locals``), where the feature row reads it.
         """
         for j, (idx, squares) in enumerate(zip(rp.prefix_fields, rp.prefix_squares, strict=True)):
             names = _prefix_locals(j, squares)
-            src(*_newest_entry(j, names), f"_x = item[{idx}]")
+            src(*_newest_entry(j, names), f"_x = {value(j, idx)}")
             src(*neumaier(names[0], names[1], "_x"))
             if squares:  # a sum of squares never goes negative: a cheaper step, same result
                 src("_x2 = _x * _x", *neumaier(names[2], names[3], "_x2", nonnegative=True))
             src(f"_P{j}.extend(({', '.join(names)}))")
 
     def _emit_apply(self, src: Source, rp: AttributePlan, rp_var: str) -> None:
-        """Source of ``apply`` for one repeated attribute; the in-order path inline."""
+        """Source of ``apply`` for one repeated attribute; the in-order path inline.
+
+        The items are columns (``entities.items.Items``): ``_c0`` the ts, ``_c{i}`` the
+        column of item position ``i``; the new item is also a tuple, ``item``, which
+        the feature row reads.
+        """
         name = repr(rp.name)
+        fields = range(2, 2 + len(rp.rep.fields))
         src(
             "eid = event.event_id",
-            f"ids = record.ids[{name}]",
-            "if eid in ids:",
+            f"items = record.items[{name}]",
+            "if eid in items.ids:",
             "    record.duplicates += 1",
             "    return None",
             "ts = event.ts",
@@ -434,30 +445,35 @@ class Compiler:
             f"    state = record.windows[{name}]",
             "except (KeyError, TypeError):  # no window state yet (windows is None on a new record)",
             f"    state = plan._state(record, {rp_var})",
-            "ids.add(eid)",
-            f"items = record.items[{name}]",
-            "items.append(item)",
-            f"last_ts[{name}] = ts",
+            "_c0 = items.ts",
+            "_c0.append(ts)",
+            "items.ids.append(eid)",
         )
+        if fields:
+            src(f"{_targets('_c', len(fields), start=2)} = items.fields")
+            src(*(f"_c{i}.append(item[{i}])" for i in fields))
+        src(f"last_ts[{name}] = ts")
+        if any(rp.agg_keys):
+            src("_base = items.dropped", "_seq = _base + len(_c0) - 1")
         if rp.lengths:
             src(f"{_targets('g', len(rp.lengths))} = state.groups")
         if rp.prefix_fields:
             src(*(f"_P{j} = state.prefixes[{j}]" for j in range(len(rp.prefix_fields))))
             self._emit_prefix_append(src, rp)
+        new = Src(lambda i: f"item[{i}]", "item", "_seq")
         for g, length in enumerate(rp.lengths):
             aggs = [make_agg(k) for k in rp.agg_keys[g]]
             names = [f"a{g}_{k}" for k in range(len(aggs))]
+            old = Src(lambda i, g=g: f"_c{i}[lo{g}]", f"items[lo{g}]", f"_base + lo{g}")  # type: ignore[misc]
             src(f"# window (ts - {length}, ts]")
             if aggs:
                 src(f"{_targets(f'a{g}_', len(aggs))} = g{g}.aggs")
             for agg, var in zip(aggs, names, strict=True):
-                src(*agg.emit_add(var, "item"))
+                src(*agg.emit_add(var, new))
             src(f"lo{g} = g{g}.lo", f"_cut = ts - {length}")
-            with src.block(f"while items[lo{g}][0] <= _cut:"):
-                if aggs:
-                    src(f"_old = items[lo{g}]")
+            with src.block(f"while _c0[lo{g}] <= _cut:"):
                 for agg, var in zip(aggs, names, strict=True):
-                    src(*agg.emit_remove(var, "_old"))
+                    src(*agg.emit_remove(var, old))
                 src(f"lo{g} += 1")
             src(f"g{g}.lo = lo{g}")
         src(f"stats = record.lifetime[{name}]")
@@ -479,12 +495,12 @@ class Compiler:
         retention = rp.rep.retention_ms
         src(
             "# retention, after the features: drop items beyond max_count or retention",
-            f"_k = len(items) - {rp.rep.max_count}",
+            f"_k = len(_c0) - {rp.rep.max_count}",
             f"_too_old = ts - {retention}",
-            "if items[0][0] <= _too_old:",
-            # the newest item is never too old: a short scan, no key calls
+            "if _c0[0] <= _too_old:",
+            # the newest item is never too old: a short scan
             "    _j = 1",
-            "    while items[_j][0] <= _too_old:",
+            "    while _c0[_j] <= _too_old:",
             "        _j += 1",
         )
         inside = " or ".join(f"lo{g} < _k" for g in range(len(rp.lengths))) or "False"
@@ -493,13 +509,11 @@ class Compiler:
             "        _k = _j",
             "if _k > 0:",
             f"    if {inside}:  # a window still holds dropped items",
-            f"        plan._drop_oldest({rp_var}, ids, items, state, _k)",
+            f"        plan._drop_oldest({rp_var}, items, state, _k)",
             "    else:",
             *(f"        g{g}.lo = lo{g} - _k" for g in range(len(rp.lengths))),
             *(f"        del _P{j}[:{rp.prefix_width(j)} * _k]" for j in range(len(rp.prefix_fields))),
-            "        for _old in items[:_k]:",
-            "            ids.discard(_old[1])",
-            "        del items[:_k]",
+            "        items.drop(_k)",
         )
         if rp.prefix_fields:
             src(
@@ -577,7 +591,7 @@ def _tuple_of(exprs: list[str]) -> str:
     return f"({exprs[0]},)" if len(exprs) == 1 else f"({', '.join(exprs)})"
 
 
-def _targets(prefix: str, n: int) -> str:
-    """Assignment targets ``{prefix}0, {prefix}1, ...`` unpacking a sequence of ``n``."""
-    names = ", ".join(f"{prefix}{k}" for k in range(n))
+def _targets(prefix: str, n: int, start: int = 0) -> str:
+    """Assignment targets ``{prefix}0, {prefix}1, ...`` (from ``start``) unpacking a sequence of ``n``."""
+    names = ", ".join(f"{prefix}{k}" for k in range(start, start + n))
     return names if n > 1 else f"({names},)"

@@ -1,8 +1,8 @@
 """A repeated attribute's items stored as columns: the compact part of a record.
 
-Items live in memory as tuples ``(ts, event_id, *fields)``; at rest each attribute is
-one column per position, so encoding is a transpose and a copy of arrays and a
-record costs bytes per item, not Python objects per item:
+Items live in memory as columns (``entities.items``) and are stored as columns, one
+per position, so encoding and decoding are a copy of arrays and a record costs bytes
+per item, not Python objects per item:
 
 - ``ts``: msgpack integers (encoded and decoded in C, unlike a typed array built from
   Python ints);
@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from entities.items import EventIds, Items, field_kinds
 from entities.spec import base_type
 
 _SWAP = sys.byteorder != "little"  # the bytes at rest are little-endian everywhere
@@ -59,17 +60,24 @@ def _pack(typecode: str, values: Any) -> bytes:
     return arr.tobytes()
 
 
-def _unpack(typecode: str, data: bytes, n: int) -> list[Any]:
+def _unpack(typecode: str, data: bytes, n: int) -> array[Any]:
     arr = array(typecode)
     if len(data) != n * arr.itemsize:
         raise ColumnsError(f"a {typecode} column of {len(data)} bytes for {n} items")
     arr.frombytes(data)
     if _SWAP:
         arr.byteswap()
-    return arr.tolist()
+    return arr
 
 
-def encode_ids(ids: tuple[str, ...]) -> Ids:
+def _pack_array(arr: array[Any]) -> bytes:
+    if _SWAP:
+        arr = array(arr.typecode, arr)
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def encode_ids(ids: tuple[str, ...] | list[str]) -> Ids:
     """Event ids in their compact form (exact either way)."""
     joined = "".join(ids)
     if len(joined) == _HEX_ID * len(ids) and min(map(len, ids)) == _HEX_ID:  # so all are 32
@@ -94,7 +102,7 @@ def decode_ids(ids: Ids, n: int) -> list[str]:
     return [text[i : i + _HEX_ID] for i in range(0, n * _HEX_ID, _HEX_ID)]
 
 
-def encode_text(values: tuple[str, ...]) -> Text:
+def encode_text(values: tuple[str, ...] | list[str]) -> Text:
     """A text column as distinct values and codes."""
     index = {v: i for i, v in enumerate(dict.fromkeys(values))}
     if len(index) <= 256:
@@ -113,7 +121,7 @@ def decode_text(column: Text, n: int) -> list[str]:
         raise ColumnsError(f"text codes of {len(column.codes)} bytes for {n} items")
     values = [sys.intern(v) for v in column.values]
     try:
-        return list(map(values.__getitem__, _unpack(typecode, column.codes, n)))
+        return list(map(values.__getitem__, _unpack(typecode, column.codes, n).tolist()))
     except IndexError:
         raise ColumnsError("a text code beyond its values") from None
 
@@ -123,34 +131,60 @@ class ColumnsCodec:
 
     def __init__(self, name: str, fields: dict[str, Any]) -> None:
         self.name = name
-        self.kinds: list[str] = []
+        self.kinds = field_kinds(fields)  # "float" or "list", as Items keeps them
+        self.stored: list[str] = []  # how each field is stored: float, text or typed
         members: list[tuple[str, Any]] = [("n", int), ("ts", list[int]), ("ids", Ids)]
-        for i, t in enumerate(fields.values()):  # positional names: a field may be called "n"
-            kind = {float: "float", str: "text"}.get(base_type(t), "typed")
-            self.kinds.append(kind)
-            members.append((f"f{i}", {"float": bytes, "text": Text}.get(kind, list[t])))  # type: ignore[valid-type]
+        for i, (kind, t) in enumerate(zip(self.kinds, fields.values(), strict=True)):
+            # positional names: a field may be called "n"
+            stored = "float" if kind == "float" else "text" if base_type(t) is str else "typed"
+            self.stored.append(stored)
+            members.append((f"f{i}", {"float": bytes, "text": Text}.get(stored, list[t])))  # type: ignore[valid-type]
         self.struct = msgspec.defstruct(f"{name}_columns", members, array_like=True)
 
-    def encode(self, items: list[tuple[Any, ...]]) -> Any:
-        """The items as one columns struct."""
-        n = len(items)
-        if not n:
-            return self.struct(0, [], Ids(), *(_EMPTY[k] for k in self.kinds))
-        ts, ids, *fields = zip(*items, strict=True)
-        columns = [_ENCODE[kind](values) for kind, values in zip(self.kinds, fields, strict=True)]
-        return self.struct(n, ts, encode_ids(ids), *columns)
+    def encode(self, items: Items | list[tuple[Any, ...]], lo: int = 0, hi: int | None = None) -> Any:
+        """Items ``lo`` to ``hi`` (default: all) as one columns struct."""
+        if not isinstance(items, Items):
+            items = self.items_of(items)
+        hi = len(items) if hi is None else hi
+        n = hi - lo
+        if n <= 0:
+            return self.struct(0, [], Ids(), *(_EMPTY[k] for k in self.stored))
+        whole = lo == 0 and hi == len(items)
+        ids = items.ids
+        if ids.raw is not None:
+            stored_ids = Ids(hex=bytes(ids.raw[16 * lo : 16 * hi]))
+        else:
+            assert ids.text is not None
+            stored_ids = encode_ids(ids.text if whole else ids.text[lo:hi])
+        columns: list[Any] = []
+        for stored, col in zip(self.stored, items.fields, strict=True):
+            part = col if whole else col[lo:hi]
+            if stored == "float":
+                columns.append(_pack_array(part))
+            elif stored == "text":
+                columns.append(encode_text(part))
+            else:
+                columns.append(list(part))
+        return self.struct(n, items.ts[lo:hi].tolist(), stored_ids, *columns)
 
-    def decode(self, columns: Any) -> list[tuple[Any, ...]]:
-        """The items the columns hold, as tuples in their stored order."""
+    def items_of(self, tuples: list[tuple[Any, ...]]) -> Items:
+        """Items holding these item tuples."""
+        out = Items(self.kinds)
+        for item in tuples:
+            out.append(item)
+        return out
+
+    def decode(self, columns: Any) -> Items:
+        """The items the columns hold, in their stored order."""
         n = columns.n
         if n < 0:
             raise ColumnsError(f"{n} items")
         values = msgspec.structs.astuple(columns)[3:]
-        fields = []
-        for kind, column in zip(self.kinds, values, strict=True):
-            if kind == "float":
+        fields: list[Any] = []
+        for stored, column in zip(self.stored, values, strict=True):
+            if stored == "float":
                 fields.append(_unpack("d", column, n))
-            elif kind == "text":
+            elif stored == "text":
                 fields.append(decode_text(column, n))
             elif len(column) != n:
                 raise ColumnsError(f"{len(column)} values for {n} items")
@@ -158,8 +192,20 @@ class ColumnsCodec:
                 fields.append(column)
         if len(columns.ts) != n:
             raise ColumnsError(f"{len(columns.ts)} timestamps for {n} items")
-        return list(zip(columns.ts, decode_ids(columns.ids, n), *fields, strict=True))
+        try:
+            ts = array("q", columns.ts)
+        except OverflowError:
+            raise ColumnsError("a timestamp beyond 64 bits") from None
+        stored_ids = columns.ids
+        if stored_ids.text is not None:
+            if len(stored_ids.text) != n:
+                raise ColumnsError(f"{len(stored_ids.text)} event ids for {n} items")
+            ids = EventIds.of(None, stored_ids.text)
+        else:
+            if len(stored_ids.hex) != n * _HEX_ID // 2:
+                raise ColumnsError(f"{len(stored_ids.hex)} bytes of event ids for {n} items")
+            ids = EventIds.of(stored_ids.hex, None)
+        return Items.of(self.kinds, ts, ids, fields)
 
 
 _EMPTY: dict[str, Any] = {"float": b"", "text": Text([], b""), "typed": []}
-_ENCODE: dict[str, Any] = {"float": lambda v: _pack("d", v), "text": encode_text, "typed": list}

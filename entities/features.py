@@ -23,14 +23,15 @@ import linecache
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable
+from sys import intern
 from typing import Any
 
 import msgspec
 
 from entities.codegen import Compiler
 from entities.events import Event, LateEventError
+from entities.items import Items
 from entities.plan import AttributePlan
-from entities.reads import _ts
 from entities.record import RECENT_FIXED_IDS, SupernovaRecord
 from entities.spec import Spec
 
@@ -38,7 +39,7 @@ Item = tuple[Any, ...]
 
 
 class _Group:
-    """Live aggregators of one window length: items[lo:] of the record are inside."""
+    """Live aggregators of one window length: items lo on of the record are inside."""
 
     __slots__ = ("aggs", "length", "lo")
 
@@ -91,7 +92,7 @@ class FeaturePlan:
         self._lifetime: dict[str, Callable[[dict[str, list[float]], Item], None]] = {
             name: namespace[f"lifetime_{i}"] for i, name in enumerate(attrs)
         }
-        self._prefixes: dict[str, Callable[[list[Item]], list[array[float]]]] = {
+        self._prefixes: dict[str, Callable[[Items], list[array[float]]]] = {
             name: namespace[f"prefixes_{i}"] for i, name in enumerate(attrs)
         }
         # The generated dispatcher replaces the method below on the instance: one call
@@ -120,23 +121,29 @@ class FeaturePlan:
             record.windows[rp.name] = state
         return state  # type: ignore[no-any-return]
 
-    def _rebase(self, state: _Windows, rp: AttributePlan, items: list[Item]) -> None:
+    def _rebase(self, state: _Windows, rp: AttributePlan, items: Items) -> None:
         state.prefixes[:] = self._prefixes[rp.name](items)
         state.fresh = 0
 
-    def _build_groups(self, rp: AttributePlan, items: list[Item]) -> list[_Group]:
+    def _build_groups(self, rp: AttributePlan, items: Items) -> list[_Group]:
         """Window state from scratch, relative to the newest item (used on load)."""
-        newest = items[-1][0] if items else 0
-        return [self._slice_group(rp, g, items, newest, len(items)) for g in range(len(rp.lengths))]
+        newest = items.ts[-1] if len(items) else 0
+        return self._slice_groups(rp, items, newest, len(items))
 
-    def _slice_group(self, rp: AttributePlan, g: int, items: list[Item], t: int, hi: int) -> _Group:
-        length = rp.lengths[g]
-        lo = bisect_right(items, t - length, 0, hi, key=_ts)
-        aggs = rp.make_aggs(g)
-        for item in items[lo:hi]:
-            for agg in aggs:
-                agg.add(item)
-        return _Group(length, lo, aggs)
+    def _slice_groups(self, rp: AttributePlan, items: Items, t: int, hi: int) -> list[_Group]:
+        """Window state of every window length over ``items[:hi]``, ending at ``t``."""
+        los = [bisect_right(items.ts, t - length, 0, hi) for length in rp.lengths]
+        need = [lo for lo, keys in zip(los, rp.agg_keys, strict=True) if keys]
+        start = min(need, default=hi)
+        rows = items.values(start, hi)  # the item tuples once, for the widest window with aggregators
+        groups = []
+        for g, (length, lo) in enumerate(zip(rp.lengths, los, strict=True)):
+            aggs = rp.make_aggs(g)
+            for seq, item in enumerate(rows[lo - start :], items.dropped + lo):
+                for agg in aggs:
+                    agg.add(item, seq)
+            groups.append(_Group(length, lo, aggs))
+        return groups
 
     # --- the rare paths ---------------------------------------------------------------
 
@@ -152,13 +159,12 @@ class FeaturePlan:
             raise _late_error(rp, last, ts)
         item = (ts, event.event_id, *msgspec.structs.astuple(event.attrs))
         state = self._state(record, rp)
-        record.ids[rp.name].add(event.event_id)
         items = record.items[rp.name]
-        pos = bisect_right(items, ts, key=_ts)
+        pos = bisect_right(items.ts, ts)
         items.insert(pos, item)
-        prev = items[pos - 1][0] if pos else None
-        view_items = items[: pos + 1]
-        view_groups = [self._slice_group(rp, g, view_items, ts, pos + 1) for g in range(len(rp.lengths))]
+        prev = items.ts[pos - 1] if pos else None
+        view_items = items.part(0, pos + 1)
+        view_groups = self._slice_groups(rp, view_items, ts, pos + 1)
         state.groups[:] = self._build_groups(rp, items)
         self._rebase(state, rp, items)
         stats = record.lifetime[rp.name]
@@ -181,34 +187,33 @@ class FeaturePlan:
         del record.fixed_ids[:-RECENT_FIXED_IDS]
         for k, v in msgspec.structs.asdict(event.attrs).items():
             if v is not msgspec.UNSET:
-                record.fixed[k] = v
+                # interned: a state, city or job is then one object however many records hold it
+                record.fixed[k] = intern(v) if type(v) is str else v
         for state in (record.windows or {}).values():
             state.fixed_row = None  # computed again from the new fixed attributes
 
     def _retain(self, record: SupernovaRecord, rp: AttributePlan, state: _Windows) -> None:
         items = record.items[rp.name]
-        too_old = items[-1][0] - rp.rep.retention_ms
+        too_old = items.ts[-1] - rp.rep.retention_ms
         k = max(0, len(items) - rp.rep.max_count)
-        if items[0][0] <= too_old:
-            k = max(k, bisect_right(items, too_old, key=_ts))
+        if items.ts[0] <= too_old:
+            k = max(k, bisect_right(items.ts, too_old))
         if k:
-            self._drop_oldest(rp, record.ids[rp.name], items, state, k)
+            self._drop_oldest(rp, items, state, k)
 
     @staticmethod
-    def _drop_oldest(rp: AttributePlan, ids: set[str], items: list[Item], state: _Windows, k: int) -> None:
+    def _drop_oldest(rp: AttributePlan, items: Items, state: _Windows, k: int) -> None:
         """Drop the ``k`` oldest items, first from any window that still holds them."""
+        base = items.dropped
         for grp in state.groups:
-            while grp.lo < k:
-                old = items[grp.lo]
-                for agg in grp.aggs:
-                    agg.remove(old)
-                grp.lo += 1
-            grp.lo -= k
+            if grp.lo < k and grp.aggs:
+                for i, old in enumerate(items.values(grp.lo, k), grp.lo):
+                    for agg in grp.aggs:
+                        agg.remove(old, base + i)
+            grp.lo = max(grp.lo, k) - k
         for j, prefix in enumerate(state.prefixes):
             del prefix[: rp.prefix_width(j) * k]
-        for old in items[:k]:
-            ids.discard(old[1])
-        del items[:k]
+        items.drop(k)
 
 
 def _late_error(rp: AttributePlan, last: int, ts: int) -> LateEventError:

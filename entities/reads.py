@@ -25,16 +25,13 @@ from typing import Any
 from entities.aggregations import ZSCORE_MIN_STD, Agg
 from entities.aggregators import _ILL_CONDITIONED, Item, compensated, exact_centred, exact_std
 from entities.filters import Compare, Filter, SameAsCurrent
+from entities.items import Items
 from entities.plan import AttributePlan, LifetimeKey, item_test
 from entities.record import SupernovaRecord
 
 NAN = math.nan
-Read = Callable[[SupernovaRecord, Item, list[Item]], float]
+Read = Callable[[SupernovaRecord, Item, Items], float]
 Qualifies = Callable[[Item, Item], bool]  # (item, scored item) -> whether it qualifies
-
-
-def _ts(item: Item) -> int:
-    return item[0]  # type: ignore[no-any-return]
 
 
 def qualifier(where: tuple[Filter, ...], rp: AttributePlan, own: AttributePlan) -> Qualifies | None:
@@ -55,15 +52,15 @@ def qualifier(where: tuple[Filter, ...], rp: AttributePlan, own: AttributePlan) 
 
 def _source(
     rp: AttributePlan, own: AttributePlan
-) -> Callable[[SupernovaRecord, Item, list[Item]], tuple[list[Item], int]]:
+) -> Callable[[SupernovaRecord, Item, Items], tuple[Items, int]]:
     """(items, hi) of ``rp`` visible to a scored item of ``own``: items[:hi] qualify by arrival."""
     if rp is own:
-        return lambda record, item, items: (items, len(items))
+        return lambda record, item, items: (items, len(items.ts))
     name = rp.name
 
-    def other(record: SupernovaRecord, item: Item, items: list[Item]) -> tuple[list[Item], int]:
+    def other(record: SupernovaRecord, item: Item, items: Items) -> tuple[Items, int]:
         src = record.items[name]
-        return src, bisect_right(src, item[0], key=_ts)
+        return src, bisect_right(src.ts, item[0])
 
     return other
 
@@ -76,12 +73,14 @@ def window(agg: Agg, length: int, rp: AttributePlan, own: AttributePlan, where: 
     cur = own.index[agg.field] if agg.own_only and agg.field is not None else None
     of = agg.of
 
-    def read(record: SupernovaRecord, item: Item, items: list[Item]) -> float:
+    def read(record: SupernovaRecord, item: Item, items: Items) -> float:
         src, hi = source(record, item, items)
-        lo = bisect_right(src, item[0] - length, 0, hi, key=_ts)
+        lo = bisect_right(src.ts, item[0] - length, 0, hi)
         if qualifies is None and idx < 0:
             return float(hi - lo)
-        sel = src[lo:hi] if qualifies is None else [it for it in src[lo:hi] if qualifies(it, item)]
+        if qualifies is None:
+            return of(list(src.column(idx)[lo:hi]), None if cur is None else item[cur])
+        sel = [it for it in src.values(lo, hi) if qualifies(it, item)]
         return of(sel if idx < 0 else [it[idx] for it in sel], None if cur is None else item[cur])
 
     return read
@@ -93,12 +92,14 @@ def time_since(rp: AttributePlan, own: AttributePlan, where: tuple[Filter, ...])
     qualifies = qualifier(where, rp, own)
     back = 2 if rp is own else 1  # the own attribute's last visible item is the scored one
 
-    def read(record: SupernovaRecord, item: Item, items: list[Item]) -> float:
+    def read(record: SupernovaRecord, item: Item, items: Items) -> float:
         src, hi = source(record, item, items)
         t = item[0]
+        if qualifies is None:
+            return (t - src.ts[hi - back]) / 1000.0 if hi - back >= 0 else NAN
         for j in range(hi - back, -1, -1):
-            it = src[j]
-            if qualifies is None or qualifies(it, item):
+            (it,) = src.values(j, j + 1)
+            if qualifies(it, item):
                 return (t - it[0]) / 1000.0
         return NAN
 
@@ -110,7 +111,7 @@ def lifetime(op: str, fld: str | None, rp: AttributePlan, own: AttributePlan, ke
     name = rp.name
     cur = [own.index[f] for f in _key_fields(rp, key)]
 
-    def read(record: SupernovaRecord, item: Item, items: list[Item]) -> float:
+    def read(record: SupernovaRecord, item: Item, items: Items) -> float:
         stats = record.lifetime[name]
         prefix = key.state_key(tuple(item[i] for i in cur))
         n = stats.get(prefix)
@@ -183,10 +184,10 @@ def running(op: str, idx: int, rp: AttributePlan, where: tuple[Filter, ...]) -> 
             agg = agg.get(item[keys[0]] if len(keys) == 1 else tuple(item[i] for i in keys))
         return agg
 
-    def values(item: Item, items: list[Item], lo: int) -> list[float]:
-        return [it[idx] for it in items[lo:] if qualifies is None or qualifies(it, item)]
+    def values(item: Item, items: Items, lo: int) -> list[float]:
+        return [it[idx] for it in items.values(lo, len(items.ts)) if qualifies is None or qualifies(it, item)]
 
-    def read(agg: Any, item: Item, items: list[Item], lo: int) -> float:
+    def read(agg: Any, item: Item, items: Items, lo: int) -> float:
         part = part_of(agg, item)
         if op == "count":
             return float(part.n) if part is not None else 0.0
@@ -228,11 +229,10 @@ def running(op: str, idx: int, rp: AttributePlan, where: tuple[Filter, ...]) -> 
 class Column:
     """One field of an attribute's visible items, by position (read-only)."""
 
-    __slots__ = ("idx", "items", "n")
+    __slots__ = ("column", "n")
 
-    def __init__(self, items: list[Item], idx: int, n: int) -> None:
-        self.items = items
-        self.idx = idx
+    def __init__(self, items: Items, idx: int, n: int) -> None:
+        self.column = items.column(idx)
         self.n = n
 
     def __len__(self) -> int:
@@ -243,10 +243,10 @@ class Column:
             i += self.n
         if not 0 <= i < self.n:
             raise IndexError("item index out of range")
-        return self.items[i][self.idx]
+        return self.column[i]
 
     def __iter__(self) -> Iterator[Any]:
-        return (self.items[i][self.idx] for i in range(self.n))
+        return (self.column[i] for i in range(self.n))
 
 
 class AttributeView:
@@ -254,7 +254,7 @@ class AttributeView:
 
     __slots__ = ("index", "items", "n")
 
-    def __init__(self, items: list[Item], n: int, index: Mapping[str, int]) -> None:
+    def __init__(self, items: Items, n: int, index: Mapping[str, int]) -> None:
         self.items = items
         self.n = n
         self.index = index
@@ -290,7 +290,7 @@ class RecordView:
         attrs: Mapping[str, AttributePlan],
         own: str,
         item: Item,
-        items: list[Item],
+        items: Items,
     ) -> None:
         self.fixed: Mapping[str, Any] = MappingProxyType(record.fixed)
         self._record = record
@@ -304,9 +304,9 @@ class RecordView:
         if rp is None:
             raise KeyError(f"no repeated attribute {name!r} (have {list(self._attrs)})")
         if name == self._own:
-            return AttributeView(self._items, len(self._items), rp.index)
+            return AttributeView(self._items, len(self._items.ts), rp.index)
         src = self._record.items[name]
-        return AttributeView(src, bisect_right(src, self._item[0], key=_ts), rp.index)
+        return AttributeView(src, bisect_right(src.ts, self._item[0]), rp.index)
 
     def keys(self) -> list[str]:
         """Names of the repeated attributes."""
@@ -315,10 +315,10 @@ class RecordView:
 
 def derived_with_record(
     fn: Callable[..., float], attrs: Mapping[str, AttributePlan], own: str
-) -> Callable[[Any, SupernovaRecord, Item, list[Item]], float]:
+) -> Callable[[Any, SupernovaRecord, Item, Items], float]:
     """``read(event, record, item, items)`` calling ``fn(event, fixed, record_view)``."""
 
-    def read(event: Any, record: SupernovaRecord, item: Item, items: list[Item]) -> float:
+    def read(event: Any, record: SupernovaRecord, item: Item, items: Items) -> float:
         return float(fn(event, record.fixed, RecordView(record, attrs, own, item, items)))
 
     return read

@@ -2,7 +2,8 @@
 
 - ``fixed``: fixed attributes (profile fields), last write wins per field.
 - ``items``: per repeated attribute, items sorted by ts (ties in arrival order); an
-  item is ``(ts, event_id, *fields)`` in the spec's field order.
+  item is ``(ts, event_id, *fields)`` in the spec's field order, kept as columns
+  (:class:`entities.items.Items`).
 - ``lifetime``: per repeated attribute, aggregates over every item ever appended
   (they survive retention); ``last_ts``: the newest ts ever appended.
 - ``duplicates``: how many events were ignored because their event_id was known.
@@ -30,14 +31,16 @@ the retention rule again, which drops what retention trimmed since each was writ
 from __future__ import annotations
 
 import struct
+import sys
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
 
 from entities.columns import ColumnsCodec, ColumnsError
 from entities.events import attrs_struct
+from entities.items import Items, field_kinds
 from entities.spec import Spec
 
 SCHEMA_VERSION = 2  # whole records (``encode``)
@@ -79,7 +82,6 @@ class SupernovaRecord:
         "entity_id",
         "fixed",
         "fixed_ids",
-        "ids",
         "items",
         "last_ts",
         "lifetime",
@@ -88,18 +90,17 @@ class SupernovaRecord:
         "windows",
     )
 
-    def __init__(self, entity_id: str, repeated: list[str]) -> None:
+    def __init__(self, entity_id: str, repeated: Mapping[str, tuple[str, ...]]) -> None:
+        """``repeated``: per repeated attribute, its column kinds (``field_kinds``)."""
         self.entity_id = entity_id
         self.fixed: dict[str, Any] = {}
-        self.items: dict[str, list[tuple[Any, ...]]] = {name: [] for name in repeated}
+        self.items: dict[str, Items] = {name: Items(kinds) for name, kinds in repeated.items()}
         self.lifetime: dict[str, dict[str, list[float]]] = {name: {} for name in repeated}
         self.last_ts: dict[str, int] = {}
         self.duplicates = 0
         self.offset = -1
         self.fixed_ids: list[str] = []
-        # Derived, never serialised: event ids of retained items, and window state
-        # (built by the FeaturePlan on first use).
-        self.ids: dict[str, set[str]] = {name: set() for name in repeated}
+        # Derived, never serialised: window state (built by the FeaturePlan on first use).
         self.windows: Any = None
         # Derived: what the last segmented write stored (``RecordCodec.encode_parts``).
         self.stored: Stored | None = None
@@ -108,18 +109,24 @@ class SupernovaRecord:
         """Number of retained items per repeated attribute."""
         return {name: len(items) for name, items in self.items.items()}
 
+    @property
+    def ids(self) -> dict[str, set[str]]:
+        """Event ids of the retained items, per repeated attribute (a copy)."""
+        return {name: {items.ids[i] for i in range(len(items))} for name, items in self.items.items()}
+
 
 class Written(NamedTuple):
     """One repeated attribute as a record's last segmented write stored it.
 
-    ``first`` and ``last`` are the item objects: items are only inserted, or dropped
-    from the front, so the same count, first and last mean the same items.
+    Items are only appended, inserted late (``Items.inserted`` counts those) or dropped
+    from the front (``Items.dropped``): with no insertion since, the items appended
+    since are those numbered from ``dropped + n`` on.
     """
 
     n: int
-    first: Any
-    last: Any
-    zone: int  # items then no older than the newest minus the allowed lateness
+    dropped: int
+    inserted: int
+    last_ts: int  # the newest ts then (0 with no items)
     segments: list[tuple[int, int]]  # (bucket, write) of each segment listed
 
 
@@ -149,14 +156,18 @@ def _state_type(name: str, fixed_type: Any, items_type: Any) -> Any:
     )
 
 
-def _ts(item: tuple[Any, ...]) -> Any:
-    return item[0]
+def _first_at(items: Items, ts: int, lo: int = 0) -> int:
+    """Index of the first item with a ts of at least ``ts``."""
+    return bisect_left(items.ts, ts, lo)
 
 
-def _first_at(items: list[tuple[Any, ...]], ts: int, lo: int = 0) -> int:
-    """Index of the first item with a ts of at least ``ts`` (a 1-tuple sorts before its
-    extensions, so no key function runs per step)."""
-    return bisect_left(items, (ts,), lo)
+def _fixed_of(fixed: Any) -> dict[str, Any]:
+    """The fixed attributes of a decoded record, text interned (as ``_apply_fixed`` does)."""
+    return {
+        k: sys.intern(v) if type(v) is str else v
+        for k, v in msgspec.structs.asdict(fixed).items()
+        if v is not msgspec.UNSET
+    }
 
 
 def _head_type(fixed_type: Any) -> Any:
@@ -189,6 +200,7 @@ class RecordCodec:
     def __init__(self, spec: Spec, bucket_ms: dict[str, int] | None = None) -> None:
         self.layout = spec.layout_hash()
         self.repeated = list(spec.repeated)
+        self._kinds = {name: field_kinds(dict(rep.fields)) for name, rep in spec.repeated.items()}
         self._lateness = spec.lateness_ms
         self._retention = [(rep.retention_ms, rep.max_count) for rep in spec.repeated.values()]
         self._bucket = [
@@ -221,7 +233,7 @@ class RecordCodec:
 
     def new(self, entity_id: str) -> SupernovaRecord:
         """An empty record for an entity."""
-        return SupernovaRecord(entity_id, self.repeated)
+        return SupernovaRecord(entity_id, self._kinds)
 
     def encode(self, record: SupernovaRecord) -> bytes:
         """Serialise a record (derived state is left out)."""
@@ -230,13 +242,13 @@ class RecordCodec:
     def snapshot(self, record: SupernovaRecord) -> Any:
         """The record's serialisable state as of now, for ``encode_snapshot`` later.
 
-        Copies what the engine mutates in place (lists, the lifetime counters) but not
-        the items, which are immutable tuples: far cheaper than encoding.
+        Copies what the engine mutates in place: the item columns (a copy of arrays),
+        the lifetime counters; far cheaper than encoding.
         """
         return (
             record.entity_id,
             self._fixed_type(**record.fixed),
-            [record.items[n][:] for n in self.repeated],
+            [record.items[n].copy() for n in self.repeated],
             {name: {k: v[:] for k, v in stats.items()} for name, stats in record.lifetime.items()},
             dict(record.last_ts),
             record.duplicates,
@@ -298,14 +310,14 @@ class RecordCodec:
             segs: list[tuple[int, int]] = []
             if items:
                 width = self._bucket[i]
-                first = items[0][0] // width
+                first = items.ts[0] // width
                 start = self._first_dirty(items, was, width)
                 segs = [s for s in old if first <= s[0] and (start is None or s[0] < start)]
                 j, n = (len(items), 0) if start is None else (_first_at(items, start * width), len(items))
                 while j < n:
-                    bucket = items[j][0] // width
+                    bucket = items.ts[j] // width
                     k = _first_at(items, (bucket + 1) * width, j)
-                    value = encode(self._columns[i].encode(items[j:k]))
+                    value = encode(self._columns[i].encode(items, j, k))
                     puts.append((prefix + _SEGMENT_ID.pack(i, bucket, writes), value))
                     segs.append((bucket, writes))
                     j = k
@@ -330,31 +342,24 @@ class RecordCodec:
         record.stored = Stored(writes, noted)
         return puts + deletes
 
-    def _written(self, items: list[tuple[Any, ...]], segments: list[tuple[int, int]]) -> Written:
-        if not items:
-            return Written(0, None, None, 0, segments)
-        zone = len(items) - _first_at(items, items[-1][0] - self._lateness)
-        return Written(len(items), items[0], items[-1], zone, segments)
+    @staticmethod
+    def _written(items: Items, segments: list[tuple[int, int]]) -> Written:
+        last = items.ts[-1] if len(items) else 0
+        return Written(len(items), items.dropped, items.inserted, last, segments)
 
-    def _first_dirty(self, items: list[tuple[Any, ...]], was: Written | None, width: int) -> int | None:
+    def _first_dirty(self, items: Items, was: Written | None, width: int) -> int | None:
         """The first bucket that may hold items inserted since ``was`` was written (None: none)."""
-        first: int = items[0][0] // width
-        if was is None or was.last is None:
+        first: int = items.ts[0] // width
+        if was is None or not was.n:
             return first
-        if was.n == len(items) and was.first is items[0] and was.last is items[-1]:
-            return None
-        ts = was.last[0]
-        lo = _first_at(items, ts - self._lateness)
-        p = _first_at(items, ts + 1, lo) - 1  # ts are integers (ms)
-        while p >= lo and items[p] is not was.last and items[p][0] == ts:
-            p -= 1
-        # Late items land no older than the newest then minus the lateness, i.e. in the
-        # zone [ts - lateness, ts]; with an older item still there (lo > 0) none of the
-        # zone was trimmed, so an unchanged zone count up to the old newest item means
-        # every item since lies after it.
-        if lo > 0 and p >= lo and items[p] is was.last and p + 1 - lo == was.zone:
-            return max(first, items[p + 1][0] // width) if p + 1 < len(items) else None
-        return max(first, (ts - self._lateness) // width)
+        if was.inserted == items.inserted:
+            # Only appends and drops from the front since: the new items are numbered
+            # from dropped + n then (drops alone change no segment: loading applies
+            # retention again).
+            new = max(0, was.dropped + was.n - items.dropped)
+            return max(first, items.ts[new] // width) if new < len(items) else None
+        # Late items land no older than the newest then minus the allowed lateness.
+        return max(first, (was.last_ts - self._lateness) // width)
 
     def segment_keys(self, data: bytes) -> list[bytes]:
         """Keys of the segments a stored head lists, in order ([] for whole records and bad bytes)."""
@@ -372,30 +377,28 @@ class RecordCodec:
             raise RecordError(
                 f"record head lists {sum(map(len, head.segments))} segments, got {len(segments)}"
             )
-        record = SupernovaRecord(head.entity_id, self.repeated)
-        record.fixed = {k: v for k, v in msgspec.structs.asdict(head.fixed).items() if v is not msgspec.UNSET}
+        record = SupernovaRecord(head.entity_id, self._kinds)
+        record.fixed = _fixed_of(head.fixed)
         at = 0
         noted = []
         for i, name in enumerate(self.repeated):
             segs = head.segments[i]
-            items: list[tuple[Any, ...]] = []
+            items = record.items[name]
             for data in segments[at : at + len(segs)]:
                 if data is None:
                     raise RecordError(f"record segment of {name!r} missing")
                 try:
-                    items += self._columns[i].decode(self._segment_decoders[i].decode(data))
+                    items.extend(self._columns[i].decode(self._segment_decoders[i].decode(data)))
                 except (msgspec.MsgspecError, ColumnsError) as exc:
                     raise RecordError(f"record segment does not decode: {exc}") from None
             at += len(segs)
             if items:  # what retention trimmed since the older segments were written
                 retention, max_count = self._retention[i]
-                too_old = items[-1][0] - retention
+                too_old = items.ts[-1] - retention
                 k = max(0, len(items) - max_count)
-                if items[0][0] <= too_old:
-                    k = max(k, bisect_right(items, too_old, key=_ts))
-                del items[:k]
-            record.items[name] = items
-            record.ids[name] = {item[1] for item in items}
+                if items.ts[0] <= too_old:
+                    k = max(k, bisect_right(items.ts, too_old))
+                items.drop(k)
             noted.append(self._written(items, [tuple(s) for s in segs]))  # type: ignore[misc]
         record.lifetime = head.lifetime
         record.last_ts = head.last_ts
@@ -448,19 +451,17 @@ class RecordCodec:
             raise RecordError(f"record written for layout {state.layout}, this spec has {self.layout}")
         if version == HEAD_VERSION:
             return self._assemble(state, segments)
-        record = SupernovaRecord(state.entity_id, self.repeated)
-        record.fixed = msgspec.structs.asdict(state.fixed)
-        record.fixed = {k: v for k, v in record.fixed.items() if v is not msgspec.UNSET}
+        record = SupernovaRecord(state.entity_id, self._kinds)
+        record.fixed = _fixed_of(state.fixed)
         for i, name in enumerate(self.repeated):
-            if version == 1:
-                items = getattr(state.items, name)
-            else:
-                try:
+            try:
+                if version == 1:
+                    items = self._columns[i].items_of(getattr(state.items, name))
+                else:
                     items = self._columns[i].decode(getattr(state.items, name))
-                except ColumnsError as exc:
-                    raise RecordError(f"record does not decode: {exc}") from None
+            except (ColumnsError, OverflowError) as exc:
+                raise RecordError(f"record does not decode: {exc}") from None
             record.items[name] = items
-            record.ids[name] = {item[1] for item in items}
         record.lifetime = state.lifetime
         record.last_ts = state.last_ts
         record.duplicates = state.duplicates

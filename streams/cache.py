@@ -8,10 +8,13 @@ re-measures the records a batch changed; ``evict`` drops the least recently used
 records, skipping those the caller cannot drop yet (the worker: changed since its
 last checkpoint) or writing them first (replay).
 
-Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, what a
-tuple of its fields, its event id in the dedupe set and its share of the window
-state take in CPython, allocator slack included (calibrated on the RSS of a fraudTest
-replay: ~710 bytes per transaction, ~70 KB for a card with a month of history).
+Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, its
+columns (``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text
+field), its share of the window state (prefix sums) and array slack (calibrated with
+tracemalloc on a replay of fraudTest's last 35 days: ~108 bytes per transaction,
+~22 KB for a card with 150 transactions retained). Resident memory runs up to ~1.6x
+the estimate (allocator slack around the growing arrays: 15.9 KB of RSS per card with
+38 transactions where tracemalloc counts 9.7 KB), so leave room above ``--cache-mb``.
 ``make bench-scale`` reports the RSS this gives.
 """
 
@@ -29,8 +32,8 @@ log = logging.getLogger(__name__)
 MB = 1 << 20
 DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions together
 RECORD_BYTES = 6_144  # the record object, its dicts, fixed attributes, lifetime stats, windows
-ITEM_BYTES = 600  # tuple, list slot, ts, id str and its set entry, window share, allocator slack
-FIELD_BYTES = {float: 32, int: 36, str: 8}  # interned text: a pointer; other types: OTHER_BYTES
+ITEM_BYTES = 64  # ts, event id, prefix sums, array slack
+FIELD_BYTES = {float: 8, int: 36, str: 8}  # a float array; an int list; interned text: a pointer
 OTHER_BYTES = 64
 
 

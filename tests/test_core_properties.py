@@ -460,7 +460,7 @@ def test_incremental_equals_from_scratch(scenario: tuple[Config, list[Op]]) -> N
             with pytest.raises(LateEventError):
                 plan.apply(rec, ev)
             assert codec.encode(rec) == before
-            assert all(a is b for a, b in zip(rec.items[attr], before_items, strict=True))
+            assert repr(list(rec.items[attr])) == repr(before_items)  # NaN and -0.0 too
         pending.clear()
 
     for op in seq:
