@@ -30,6 +30,7 @@ import asyncio
 import gc
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -274,7 +275,14 @@ class BatchWorker:
                     gc.collect(0)
                 if checkpoints.encoding is not None:
                     now = time.perf_counter()
-                    checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
+                    if self._cache_full():
+                        # Records changed since the last checkpoint cannot leave the cache, and
+                        # polls over many entities change them faster than a tenth of the time
+                        # encodes them: over the budget, the checkpoint is finished before the
+                        # next poll (memory before latency).
+                        checkpoints.encode_some(until=math.inf)
+                    else:
+                        checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
                 elif checkpoints.due(interval) or (self._cache_full() and checkpoints.due(0)):
                     await self.checkpoint(wait=False)
 
