@@ -274,17 +274,22 @@ class BatchWorker:
                     # hits the threshold: after the scores are on their way, and small.
                     gc.collect(0)
                 if checkpoints.encoding is not None:
-                    now = time.perf_counter()
-                    if self._cache_full():
-                        # Records changed since the last checkpoint cannot leave the cache, and
-                        # polls over many entities change them faster than a tenth of the time
-                        # encodes them: over the budget, the checkpoint is finished before the
-                        # next poll (memory before latency).
-                        checkpoints.encode_some(until=math.inf)
-                    else:
-                        checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
+                    checkpoints.encode_some(until=self._encode_until(started))
                 elif checkpoints.due(interval) or (self._cache_full() and checkpoints.due(0)):
                     await self.checkpoint(wait=False)
+
+    def _encode_until(self, started: float) -> float:
+        """Until when this iteration encodes the checkpoint in progress (``perf_counter`` time).
+
+        A tenth of the time the poll took; over the cache budget, to the end. Records
+        changed since the last checkpoint cannot leave the cache, and polls over many
+        entities change them faster than a tenth of the loop's time encodes them: on a
+        million entities the cache grew without bound (memory before latency here).
+        """
+        if self._cache_full():
+            return math.inf
+        now = time.perf_counter()
+        return now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started))
 
     def _cache_full(self) -> bool:
         """Records in memory past ``--cache-mb`` by a quarter: checkpoint early, so that they may leave.
