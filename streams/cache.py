@@ -12,7 +12,9 @@ Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, wh
 tuple of its fields, its event id in the dedupe set and its share of the window
 state take in CPython, allocator slack included (calibrated on the RSS of a fraudTest
 replay: ~710 bytes per transaction, ~70 KB for a card with a month of history).
-``make bench-scale`` reports the RSS this gives.
+``make bench-scale`` reports the RSS this gives; ``python -m bench.record_bytes``
+measures a record's real bytes in the worker against this estimate (on 2026-12-05 it
+was 1.25× real for cards of 2 transactions, 2.15× for cards of ~39: high, not low).
 """
 
 from __future__ import annotations
