@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 # A checkpoint's records are encoded a little per loop iteration: for a tenth of the
 # time the iteration's poll took, at least ENCODE_MIN_S. While some are left, an idle
-# poll waits at most ENCODE_IDLE_POLL_MS, so idle time goes to encoding.
+# poll waits at most ENCODE_IDLE_POLL_MS, so idle time goes to encoding. Past
+# CACHE_SLACK, all that is left is encoded at once (``BatchWorker._encode_until``).
 ENCODE_SHARE = 0.1
 ENCODE_MIN_S = 0.0005
 ENCODE_IDLE_POLL_MS = 5
