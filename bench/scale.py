@@ -19,7 +19,10 @@ transaction. For each population, in a temporary directory:
    among them is scored (``harness.measure``: rate between the first and the last
    score's LogAppendTime; peak RSS). ``--cache-mb`` is passed only when the worker
    has that option: ``--cache-fraction`` (a tenth) of what the records of those
-   events take in memory by the cache's own estimate (``streams/cache.py``);
+   events take in memory by the cache's own estimate (``streams/cache.py``). For the
+   populations of ``--all-cached`` (8× and 64×) the same events go through a second
+   worker with a cache big enough for all its records, in the same run: the ratio of
+   the two rates is the cost of a cache of a tenth;
 3. **records**: after the worker's graceful stop, the sum of the record values in its
    RocksDB stores (metadata keys left out), per entity it holds;
 4. **changelog**: the changelog topic is created here beforehand with
@@ -100,6 +103,7 @@ log = logging.getLogger("bench.scale")
 CARD_BASE = 7_000_000_000_000_000  # clone card numbers: CARD_BASE + k * cards + card (fits int64)
 LOG_TIME = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]? ")  # faust's and logging's
 READ_BACK_S = 20e-6  # the harness reading a score back after the run, per event
+ALL_CACHED_MARGIN = 2.0  # the all-cached worker's --cache-mb: this times its records' estimate
 
 
 @dataclass
@@ -136,6 +140,10 @@ class Row:
     worker_events_per_s: float | None = None
     worker_peak_rss_mb: float | None = None
     cache_mb: float | None = None
+    all_cached_events_per_s: float | None = None  # the same events, a cache big enough for all
+    all_cached_peak_rss_mb: float | None = None
+    all_cached_mb: float | None = None
+    all_cached_skipped: str = ""  # why an --all-cached population has no all-cached run
     record_bytes: int = 0
     changelog_messages: int = 0
     changelog_bytes: int = 0
@@ -167,6 +175,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cache-fraction", type=float, default=0.1, help="worker --cache-mb, of its records' size in memory"
     )
+    p.add_argument(
+        "--all-cached",
+        default="8,64",
+        help="clone factors whose worker also runs all-cached (comma-separated; empty: none)",
+    )
     p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--latency-warmup", type=float, default=5.0)
     p.add_argument("--latency-load", type=float, default=0.5, help="fraction of the worker's rate")
@@ -185,8 +198,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.factor_list = [int(x) for x in args.factors.split(",") if x.strip()]
+    args.all_cached_list = [f"{int(x)}×" for x in args.all_cached.split(",") if x.strip()]
     if args.smoke:
         args.factor_list, args.thin_entities, args.worker_events = [1, 2], 5_000, 3_000
+        args.all_cached_list = ["2×"]
         args.days, args.latency_seconds, args.latency_warmup = 2.0, 3.0, 0.0
     return default_files(args)
 
@@ -239,7 +254,8 @@ async def _run_all(
             log.warning("%s: skipped, %.0f s left of the budget", name, remaining)
             rows.append(Row(name, 0, 0, note=f"skipped: {remaining:.0f} s left of the budget"))
             continue
-        row = await _measure(pop, args, model, bootstrap, kafka_data, work, cache_flag, cost)
+        deadline = started + args.budget
+        row = await _measure(pop, args, model, bootstrap, kafka_data, work, cache_flag, cost, deadline)
         rows.append(row)
         pop.path.unlink(missing_ok=True)
     return rows
@@ -300,8 +316,9 @@ class _Cost:
     worker: float = 1 / 4_000  # per worker event: preload, processing, read-back, restore
     fixed: float = 60.0  # per population: worker starts and stops, checks
 
-    def estimate(self, events: int, worker_events: int, latency_s: float) -> float:
-        return events * self.replay + worker_events * self.worker + self.fixed + latency_s
+    def estimate(self, events: int, worker_events: int, latency_s: float, all_cached: bool = False) -> float:
+        extra = worker_events * self.worker + self.fixed / 2 if all_cached else 0.0
+        return events * self.replay + worker_events * self.worker + self.fixed + latency_s + extra
 
     def learn(self, row: Row, pop: Population) -> None:
         """Per-event costs from a measured population (its fixed costs left out where known)."""
@@ -326,6 +343,7 @@ def _fit(
     then any population halves its copies until it fits.
     """
     latency = args.latency_seconds + args.latency_warmup
+    extra = name in args.all_cached_list
     asked = per_card
     choices = [per_card] if not per_card or per_card == 1 else [per_card, 1]
     for per_card in choices:
@@ -333,12 +351,12 @@ def _fit(
         if per_card:
             factor = math.ceil(args.thin_entities / per_copy)
         events = factor * (slice_.num_rows + per_copy)
-        if cost.estimate(events, min(events, args.worker_events), latency) <= remaining:
+        if cost.estimate(events, min(events, args.worker_events), latency, extra) <= remaining:
             break
     wanted = factor * per_copy
     while factor >= 1:
         events = factor * (slice_.num_rows + per_copy)
-        if cost.estimate(events, min(events, args.worker_events), latency) <= remaining:
+        if cost.estimate(events, min(events, args.worker_events), latency, extra) <= remaining:
             break
         factor //= 2
     if factor < 1:
@@ -370,6 +388,7 @@ async def _measure(
     work: Path,
     cache_flag: bool,
     cost: _Cost,
+    deadline: float,
 ) -> Row:
     row = Row(pop.name, pop.entities, pop.events, note=pop.note)
     t = time.monotonic()
@@ -417,6 +436,19 @@ async def _measure(
         cmd = worker_command(args, model, bootstrap, topic, out, data_dir, app_id) + extra
         return Child(name, python("-m", "bench.worker_entry", "--", *cmd), work / f"{run_id}-{name}.log")
 
+    if pop.name in args.all_cached_list and cache_flag:
+        # Before the run with a tenth (both read the topic the preload just wrote, from the
+        # page cache); skipped when the budget has not room for both.
+        left = deadline - time.monotonic()
+        need = cost.estimate(pop.events, row.worker_events, args.latency_seconds + args.latency_warmup, True)
+        if need <= left:
+            t = time.monotonic()
+            await _all_cached(row, args, model, bootstrap, topic, work, run_id, txns, len(seen))
+            row.seconds["all_cached"] = round(time.monotonic() - t, 1)
+        else:
+            row.all_cached_skipped = f"{left:.0f} s left of the budget, {need:.0f} s needed"
+            log.warning("%s: no all-cached run: %s", pop.name, row.all_cached_skipped)
+
     t = time.monotonic()
     run = await run_one(
         worker("worker"),
@@ -456,6 +488,38 @@ async def _measure(
         restored.stop()
     cost.learn(row, pop)
     return row
+
+
+async def _all_cached(
+    row: Row,
+    args: argparse.Namespace,
+    model: Path,
+    bootstrap: str,
+    topic: str,
+    work: Path,
+    run_id: str,
+    txns: int,
+    entities: int,
+) -> None:
+    """The preloaded events through a worker whose cache holds all their records (its own group)."""
+    app_id, out = f"{run_id}-all", f"{run_id}.scores-all"
+    await create_topics(bootstrap, [out], args.partitions, log_append_time=True)
+    row.all_cached_mb = round(ALL_CACHED_MARGIN * _cache_mb(args, entities, txns) / args.cache_fraction, 1)
+    data_dir = work / f"{app_id}-data"
+    cmd = worker_command(args, model, bootstrap, topic, out, data_dir, app_id)
+    cmd += ["--cache-mb", str(row.all_cached_mb)]
+    child = Child("all-cached", python("-m", "bench.worker_entry", "--", *cmd), work / f"{app_id}.log")
+    run = await run_one(
+        child,
+        out,
+        bootstrap=bootstrap,
+        partitions=args.partitions,
+        events=row.worker_events,
+        expected=txns,
+        decode=lambda _: None,
+    )
+    row.all_cached_events_per_s, row.all_cached_peak_rss_mb = run.events_per_s, run.peak_rss_mb
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _events(path: Path, codec: EventCodec) -> Iterator[Event]:
@@ -520,7 +584,8 @@ async def changelog_size(
         return messages, size, "log segment files on the broker's data dir"
     starts = {p: max(0, e - 1000) for p, e in ends.items()}
     sample = await read_range(bootstrap, topic, starts, ends)
-    mean = sum(len(m.value) + 70 for m in sample) / max(1, len(sample))  # ~70 B: record + batch headers
+    # ~70 B: record and batch headers; a tombstone (a deleted segment) has no value
+    mean = sum(len(m.value or b"") + 70 for m in sample) / max(1, len(sample))
     return (
         messages,
         round(messages * mean),
@@ -591,6 +656,14 @@ def _slope(rows: list[Row], i: int, rss: str, entities: str) -> str:
     return f"{(rb - ra) * 2**20 / (eb - ea) / 1000:,.2f}"
 
 
+def _ratio_cell(r: Row) -> str:
+    """The all-cached rate and the ratio of the rate with a tenth to it."""
+    if r.all_cached_events_per_s is None:
+        return "–"
+    ratio = f"{r.worker_events_per_s / r.all_cached_events_per_s:.2f}×" if r.worker_events_per_s else "–"
+    return f"{r.all_cached_events_per_s:,.0f} ({ratio})"
+
+
 def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "–" if value is None else fmt.format(value)
 
@@ -601,6 +674,7 @@ def markdown(results: dict[str, Any], rows: list[Row]) -> str:
     measured = sorted((r for r in rows if r.entities), key=lambda r: r.entities)
     head = (
         "| population | entities | events | replay ev/s | worker ev/s (events, cache) "
+        "| all-cached ev/s (ratio) "
         "| peak RSS replay / worker | kB per entity replay / worker | record B/entity "
         "| changelog B/event | restore s (MB/s) | p99 at 50% |"
     )
@@ -630,6 +704,7 @@ def markdown(results: dict[str, Any], rows: list[Row]) -> str:
                     f"{r.events:,}",
                     _num(r.replay_events_per_s),
                     f"{_num(r.worker_events_per_s)} ({r.worker_events:,}, {cache})",
+                    _ratio_cell(r),
                     f"{_num(r.replay_peak_rss_mb)} / {_num(r.worker_peak_rss_mb)} MB",
                     f"{_slope(measured, i, 'replay_peak_rss_mb', 'entities')} / "
                     f"{_slope(measured, i, 'worker_peak_rss_mb', 'worker_entities')}",
@@ -643,6 +718,13 @@ def markdown(results: dict[str, Any], rows: list[Row]) -> str:
         )
         if r.note:
             notes.append(f"* {r.population}: {r.note}")
+        if r.all_cached_skipped:
+            notes.append(f"{r.population}: no all-cached run ({r.all_cached_skipped})")
+        if r.all_cached_mb is not None:
+            notes.append(
+                f"{r.population}: all-cached worker --cache-mb {r.all_cached_mb:,} "
+                f"(peak RSS {_num(r.all_cached_peak_rss_mb)} MB); ratio: worker ev/s with a tenth / this"
+            )
         if r.worker_events < r.events:
             notes.append(
                 f"{r.population}: the worker processed the first {r.worker_events:,} of {r.events:,} events "

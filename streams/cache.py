@@ -12,10 +12,9 @@ Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, it
 columns (``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text
 field), its share of the window state (prefix sums) and array slack (calibrated with
 tracemalloc on a replay of fraudTest's last 35 days: ~108 bytes per transaction,
-~22 KB for a card with 150 transactions retained). Resident memory runs up to ~1.6x
-the estimate (allocator slack around the growing arrays: 15.9 KB of RSS per card with
-38 transactions where tracemalloc counts 9.7 KB), so leave room above ``--cache-mb``.
-``make bench-scale`` reports the RSS this gives.
+~22 KB for a card with 150 transactions retained). ``python -m bench.record_bytes``
+measures a record's real bytes (RSS growth) in the worker against this estimate;
+``make bench-scale`` reports the RSS it gives.
 """
 
 from __future__ import annotations

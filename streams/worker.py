@@ -30,6 +30,7 @@ import asyncio
 import gc
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +64,8 @@ log = logging.getLogger(__name__)
 
 # A checkpoint's records are encoded a little per loop iteration: for a tenth of the
 # time the iteration's poll took, at least ENCODE_MIN_S. While some are left, an idle
-# poll waits at most ENCODE_IDLE_POLL_MS, so idle time goes to encoding.
+# poll waits at most ENCODE_IDLE_POLL_MS, so idle time goes to encoding. Past
+# CACHE_SLACK, all that is left is encoded at once (``BatchWorker._encode_until``).
 ENCODE_SHARE = 0.1
 ENCODE_MIN_S = 0.0005
 ENCODE_IDLE_POLL_MS = 5
@@ -273,10 +275,22 @@ class BatchWorker:
                     # hits the threshold: after the scores are on their way, and small.
                     gc.collect(0)
                 if checkpoints.encoding is not None:
-                    now = time.perf_counter()
-                    checkpoints.encode_some(until=now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started)))
+                    checkpoints.encode_some(until=self._encode_until(started))
                 elif checkpoints.due(interval) or (self._cache_full() and checkpoints.due(0)):
                     await self.checkpoint(wait=False)
+
+    def _encode_until(self, started: float) -> float:
+        """Until when this iteration encodes the checkpoint in progress (``perf_counter`` time).
+
+        A tenth of the time the poll took; over the cache budget, to the end. Records
+        changed since the last checkpoint cannot leave the cache, and polls over many
+        entities change them faster than a tenth of the loop's time encodes them: on a
+        million entities the cache grew without bound (memory before latency here).
+        """
+        if self._cache_full():
+            return math.inf
+        now = time.perf_counter()
+        return now + max(ENCODE_MIN_S, ENCODE_SHARE * (now - started))
 
     def _cache_full(self) -> bool:
         """Records in memory past ``--cache-mb`` by a quarter: checkpoint early, so that they may leave.

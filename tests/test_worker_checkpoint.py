@@ -11,6 +11,8 @@ the boundary.
 
 from __future__ import annotations
 
+import math
+import time
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,3 +85,18 @@ def test_checkpoint_encodes_the_records_as_at_the_boundary(tmp_path: Path) -> No
     assert checkpoint.spans[0].end == len(before)
     part.store.close()
     reference.store.close()
+
+
+def test_over_the_cache_budget_a_checkpoint_is_encoded_at_once(tmp_path: Path) -> None:
+    spec = load_spec(SPEC)
+    _, items = file_events(SPEC, SAMPLE, 2_000, adapter=ADAPTER)
+    events = [e for e in islice(items, 2_000) if isinstance(e, Event)]
+    worker = BatchWorker(WorkerConfig(data_dir=tmp_path, cache_mb=64), spec, scorers={})
+    part = Partition(TopicPartition("events", 0), PartitionStore(tmp_path / "p0"), Engine(spec))
+    worker.parts[0] = part
+    _poll(part, events, 0)
+    started = time.perf_counter()
+    assert worker._encode_until(started) < started + 1  # within the budget: a share of the poll
+    worker.cfg.cache_mb = part.cache.bytes / 2**20 / 2  # changed records at twice the budget
+    assert worker._encode_until(started) == math.inf
+    part.store.close()
