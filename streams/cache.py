@@ -8,13 +8,15 @@ re-measures the records a batch changed; ``evict`` drops the least recently used
 records, skipping those the caller cannot drop yet (the worker: changed since its
 last checkpoint) or writing them first (replay).
 
-Sizes are estimates: a record costs ``RECORD_BYTES`` plus, per retained item, its
-columns (``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text
-field), its share of the window state (prefix sums) and array slack (calibrated with
-tracemalloc on a replay of fraudTest's last 35 days: ~108 bytes per transaction,
-~22 KB for a card with 150 transactions retained). ``python -m bench.record_bytes``
-measures a record's real bytes (RSS growth) in the worker against this estimate;
-``make bench-scale`` reports the RSS it gives.
+Sizes are estimates of resident memory: a record costs ``RECORD_BYTES`` plus, per
+retained item, ``ITEM_BYTES`` and ``FIELD_BYTES`` per field. An item's columns
+(``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text field) and its
+prefix sums take ~100 bytes by tracemalloc; the process grows by about 2.4 times that
+(allocator slack around growing arrays and between the transient objects of each
+poll). Calibrated with ``python -m bench.record_bytes`` (RSS growth per record in a
+worker-like loop) on 2026-12-05: 6,043 B for cards of 2 transactions and 14,899 B for
+cards of 38.6, fitted as 5,600 + 242 per fraud transaction. ``make bench-scale``
+reports the RSS this gives.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions together
-RECORD_BYTES = 6_144  # the record object, its dicts, fixed attributes, lifetime stats, windows
-ITEM_BYTES = 64  # ts, event id, prefix sums, array slack
+RECORD_BYTES = 5_600  # the record object, its dicts, fixed attributes, lifetime stats, windows
+ITEM_BYTES = 200  # ts, event id, prefix sums, allocator slack
 FIELD_BYTES = {float: 8, int: 36, str: 8}  # a float array; an int list; interned text: a pointer
 OTHER_BYTES = 64
 
