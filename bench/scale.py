@@ -520,7 +520,8 @@ async def changelog_size(
         return messages, size, "log segment files on the broker's data dir"
     starts = {p: max(0, e - 1000) for p, e in ends.items()}
     sample = await read_range(bootstrap, topic, starts, ends)
-    mean = sum(len(m.value) + 70 for m in sample) / max(1, len(sample))  # ~70 B: record + batch headers
+    # ~70 B: record + batch headers; a None value is a delete
+    mean = sum(len(m.value or b"") + 70 for m in sample) / max(1, len(sample))
     return (
         messages,
         round(messages * mean),
