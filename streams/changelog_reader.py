@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiokafka.errors as errors
+from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.offset import OffsetRequest
@@ -129,13 +130,12 @@ class ChangelogReader:
         raise AssertionError("unreachable")
 
     async def _leader(self, topic: str, partition: int) -> int:
-        from aiokafka import TopicPartition
-
-        node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        if node is None or node < 0:
+        tp = TopicPartition(topic, partition)
+        node = self.client.cluster.leader_for_partition(tp)
+        if node is None or node < 0:  # not in the metadata yet
             self.client.add_topic(topic)
             await self.client.force_metadata_update()
-            node = self.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            node = self.client.cluster.leader_for_partition(tp)
             if node is None or node < 0:
                 raise errors.LeaderNotAvailableError(f"{topic}-{partition}")
         return int(node)
