@@ -16,7 +16,8 @@ or ``.`` for this checkout), rounds interleaved so that load on the machine hits
 each alike:
 
 - **restore**: ``bench/restore_probe.py`` times ``streams.recovery.restore`` of that
-  tree alone, partition after partition, into empty stores (wall and CPU seconds);
+  tree alone, partition after partition, into empty stores (wall and CPU seconds;
+  the garbage collector tuned as the worker tunes it);
 - **worker** (with ``--worker``): ``supernova worker`` of that tree with an empty data
   directory, from its first "restoring partition" log line to its last "assigned"
   one (as ``bench/scale.py`` step 5).
