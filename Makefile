@@ -9,7 +9,7 @@ ADAPTER := examples/fraud/sparkov.py
 OUT     ?= out
 EXAMPLE ?= fraud
 
-.PHONY: venv test test-fast test-kafka demo replay lint fmt bench bench-scale bench-replay bench-smoke kafka-up kafka-down clean
+.PHONY: venv test test-fast test-kafka demo replay lint fmt bench bench-scale bench-restore bench-replay bench-smoke kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(STAMP)
 # Populations of 1×, 8×, 64× the cards of a fraudTest slice and a thin one of 1,000,000 cards (bench/scale.py).
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale --input $(INPUT)
+
+# Restore MB/s of one filled changelog, main's code against this checkout's (bench/restore.py).
+bench-restore: $(STAMP)
+	$(PY) -m bench.restore --input $(INPUT) --worker
 
 bench-replay: $(STAMP)
 	$(PY) bench/replay.py --input $(INPUT)

@@ -212,7 +212,7 @@ async def check_group_read(
     from aiokafka.errors import GroupAuthorizationFailedError
     from aiokafka.protocol.commit import OffsetCommitRequest
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, **_client_settings(kafka))
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_settings(kafka))
     await client.bootstrap()
     try:
         for group in groups:
@@ -245,7 +245,7 @@ async def _coordinator(client: Any, group: str, tries: int = 60) -> int:
     raise AssertionError("unreachable")
 
 
-def _client_settings(kafka: Mapping[str, Any]) -> dict[str, Any]:
+def client_settings(kafka: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of ``kafka`` that the low-level client takes (producer or consumer ones dropped)."""
     keep = {
         "security_protocol",

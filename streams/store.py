@@ -78,6 +78,18 @@ class PartitionStore:
                 wb.put(raw, data)
         return wb
 
+    @staticmethod
+    def raw_batch(pairs: list[tuple[bytes, bytes | None]]) -> WriteBatch:
+        """A write batch of raw key/values (None deletes): ``batch`` without its per-key checks (restores)."""
+        wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
+        for key, data in pairs:
+            if data is None:
+                delete(key)
+            else:
+                put(key, data)
+        return wb
+
     def commit(
         self,
         records: Iterable[tuple[str | bytes, bytes | None]] | WriteBatch,
