@@ -292,6 +292,23 @@ class Spec:
         """Column order of the rows of a scored type."""
         return [f.name for f in self.features_of(event_type)]
 
+    def personal_features(self, event_type: str) -> frozenset[str]:
+        """Derived features of a scored type that read a ``pii`` field: withheld with the fields.
+
+        A function reads a field when its code names it as a string (``fixed["dob"]``,
+        ``fixed.get("dob")``), itself or in a function nested in it; a callable whose
+        code cannot be read counts as reading every field. An age computed from the
+        date of birth would otherwise give the date back.
+        """
+        pii = frozenset(self.fixed.pii)
+        if not pii:
+            return frozenset()
+        return frozenset(
+            f.name
+            for f in self.features_of(event_type)
+            if isinstance(f, DerivedFeature) and pii & _names_read(f.fn, pii)
+        )
+
     @property
     def feature_names(self) -> list[str]:
         """The feature names of the only scored type (SpecError if there are several)."""
@@ -370,6 +387,22 @@ def _describe_feature(f: Feature) -> dict[str, Any]:
 
 
 # --- expansion and checks ----------------------------------------------------------
+
+
+def _names_read(fn: Callable[..., Any], every: Collection[str]) -> set[str]:
+    """The strings a function's code holds (``every`` when it has no readable code)."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return set(every)
+    found: set[str] = set()
+    stack = [code]
+    while stack:
+        for const in stack.pop().co_consts:
+            if isinstance(const, str):
+                found.add(const)
+            elif inspect.iscode(const):
+                stack.append(const)
+    return found
 
 
 def base_type(t: Any) -> Any:

@@ -36,6 +36,7 @@ FETCH_MAX_BYTES = 64 << 20
 # one arrives while this one is copied.
 PARTITION_FETCH_BYTES = 8 << 20
 FETCH_WAIT_MS = 500
+PROBE_BYTES = 1024  # check_read: enough for the answer, not for data
 RETRIES = 60  # leader moves and metadata refreshes, 0.5 s apart
 RETRY_S = 0.5
 # What a refreshed leader fixes; any other error is raised.
@@ -128,6 +129,17 @@ class ChangelogReader:
             except _RETRIABLE as exc:
                 await self._retry_later(topic, attempt, exc)
         raise AssertionError("unreachable")
+
+    async def check_read(self, topic: str, partition: int = 0) -> None:
+        """Raise TopicAuthorizationFailedError if Kafka refuses Read on ``topic`` (a fetch, no wait)."""
+        node = await self._leader(topic, partition)
+        request = FetchRequest(0, 0, PROBE_BYTES, READ_COMMITTED, [(topic, [(partition, 0, PROBE_BYTES)])])
+        response = await self.client.send(node, request)
+        ((_, parts),) = response.topics
+        ((_, code, *_rest),) = parts
+        if errors.for_code(code) is errors.TopicAuthorizationFailedError:
+            raise errors.TopicAuthorizationFailedError(topic)
+        # Any other answer (data, an offset out of range) came after Kafka allowed the Read.
 
     async def _leader(self, topic: str, partition: int) -> int:
         tp = TopicPartition(topic, partition)

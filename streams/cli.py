@@ -332,18 +332,25 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _groups_readable(cfg: WorkerConfig) -> bool:
-    """Whether the worker may read its consumer groups (faust's and the batch loop's); else one line."""
+    """Whether the worker may read its consumer groups and the topics it consumes; else one line."""
     import asyncio
 
     from aiokafka.errors import KafkaError
 
-    from streams.security import check_group_read, refusal
+    from streams.security import check_group_read, check_topic_read, refusal
+    from streams.topics import faust_leader_topic
 
     groups = [cfg.app_id, cfg.group_id]
+    reads = {
+        cfg.events_topic: "Read on the events topic",
+        cfg.changelog_topic: "Read on the changelog topic",
+        faust_leader_topic(cfg): "Read on faust's assignor topic",
+    }
     try:
         asyncio.run(check_group_read(cfg.bootstrap, cfg.kafka, groups, cfg.events_topic))
+        asyncio.run(check_topic_read(cfg.bootstrap, cfg.kafka, reads))
     except KafkaError as exc:
-        why = refusal(exc)
+        why = refusal(exc, reads)
         if why is None:
             raise
         print(f"error: {why}", file=sys.stderr)

@@ -10,7 +10,7 @@ next checkpoint waits for the deliveries ``send`` adds to its ``in_flight``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,8 +46,13 @@ class Emitter:
         scores_topic: str,
         dlq_topic: str,
         include_features: bool = True,
+        expose_pii: bool = False,
     ) -> None:
-        """``scorers``: one per scored event type (swapped in place on a model reload)."""
+        """``scorers``: one per scored event type (swapped in place on a model reload).
+
+        Features that read personal fields (``Spec.personal_features``) are left out of
+        score messages and their explanations unless ``expose_pii``.
+        """
         self.scorers = scorers
         self.metrics = metrics
         self.scores_topic = scores_topic
@@ -55,7 +60,14 @@ class Emitter:
         self.include_features = include_features
         self.spec_hash = spec.hash()
         self.feature_names = {t: spec.feature_names_of(t) for t in spec.scored_types}
-        self._features = {t: msg.features_struct(names) for t, names in self.feature_names.items()}
+        self.withheld = {
+            t: frozenset() if expose_pii else spec.personal_features(t) for t in spec.scored_types
+        }
+        shown = {
+            t: [n for n in names if n not in self.withheld[t]] for t, names in self.feature_names.items()
+        }
+        self._features = {t: msg.features_struct(names) for t, names in shown.items()}
+        self._pick = {t: _picker(self.feature_names[t], self.withheld[t]) for t in spec.scored_types}
         self._single_type = spec.scored_types[0] if len(spec.scored_types) == 1 else None
         self.scores_routing = self.dlq_routing = routing
 
@@ -113,6 +125,8 @@ class Emitter:
         result = self.scorers[event_type].score(feature_matrix(rows, len(self.feature_names[event_type])))
         now_ms = int(time.time() * 1000)
         features = self._features[event_type] if self.include_features else None
+        pick = self._pick[event_type]
+        withheld = self.withheld[event_type]
         extras = result.has_extra
         encode = msg.score_encoder.encode
         score_message, source = msg.ScoreMessage, msg.Source
@@ -135,8 +149,8 @@ class Emitter:
                 score,
                 source(tp.topic, tp.partition, rec.offset),
                 late,
-                None if features is None else features(*row),  # type: ignore[arg-type]  # same JSON
-                **(result.extra(i) if extras else {}),
+                None if features is None else features(*(row if pick is None else pick(row))),  # type: ignore[arg-type]
+                **(_without(result.extra(i), withheld) if extras else {}),
             )
             last = (score, ev.event_id, row)
             try:
@@ -160,3 +174,19 @@ class Emitter:
             else part.tp.partition % self.dlq_routing.partitions
         )
         return (key, rec.value if rec.value is not None else b"", headers, p)
+
+
+def _picker(names: list[str], withheld: frozenset[str]) -> Callable[[list[float]], list[float]] | None:
+    """A function giving a row without its ``withheld`` columns (None: none withheld)."""
+    keep = [i for i, name in enumerate(names) if name not in withheld]
+    if len(keep) == len(names):
+        return None
+    return lambda row: [row[i] for i in keep]
+
+
+def _without(extra: dict[str, Any], withheld: frozenset[str]) -> dict[str, Any]:
+    """Score-message extras with the ``withheld`` features left out of the explanation."""
+    explanation = extra.get("explanation")
+    if withheld and explanation:
+        extra["explanation"] = {k: v for k, v in explanation.items() if k not in withheld}
+    return extra

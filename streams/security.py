@@ -6,8 +6,9 @@
   bearer token off loopback; a worker bound elsewhere without one refuses to start.
 - :func:`load_kafka_config`: the ``--kafka-config`` JSON, refused if anyone may read
   it, with secrets taken from the environment or from files rather than written in it.
-- :func:`check_login` / :func:`check_group_read` / :func:`refusal`: a refused login,
-  group or other ACL becomes one line that names the right to grant.
+- :func:`check_login` / :func:`check_group_read` / :func:`check_topic_read` /
+  :func:`refusal`: a refused login, group, topic Read or other ACL becomes one line
+  that names the right to grant.
 
 Every refusal is a :class:`SecurityError` whose message names the setting and what
 to do; it never carries a secret's value.
@@ -226,6 +227,28 @@ async def check_group_read(
                 raise GroupAuthorizationFailedError(group)
     finally:
         await client.close()
+
+
+async def check_topic_read(bootstrap: str, kafka: Mapping[str, Any], topics: Collection[str]) -> None:
+    """Raise ``TopicAuthorizationFailedError`` naming the ``topics`` Kafka refuses Read on.
+
+    Run before faust starts: faust's fetcher meets a refused topic (its assignor
+    topic, the events) after it starts, logs "Fetcher Crashed" and then waits for
+    ever, SIGTERM included.
+    """
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from streams.changelog_reader import ChangelogReader  # it imports this module
+
+    refused = set()
+    async with ChangelogReader(bootstrap, kafka) as reader:
+        for topic in topics:
+            try:
+                await reader.check_read(topic)
+            except TopicAuthorizationFailedError:
+                refused.add(topic)
+    if refused:
+        raise TopicAuthorizationFailedError(refused)
 
 
 async def _coordinator(client: Any, group: str, tries: int = 60) -> int:

@@ -164,6 +164,7 @@ class BatchWorker:
             cfg.scores_topic,
             cfg.dlq_topic,
             include_features=cfg.include_features,
+            expose_pii=cfg.expose_pii,
         )
         self.checkpoints = Checkpointer(cfg, self.parts, self.metrics)
 
@@ -460,8 +461,13 @@ class BatchWorker:
             # Per scored event type: the features and score of the entity's last event of that
             # type, kept while its record is in memory (``--cache-mb``), like the record.
             "in_memory": entity_id in part.cache.records,
-            "features": {
-                t: dict(zip(self.emitter.feature_names[t], v[2], strict=True)) for t, v in last.items()
+            "features": {  # without those that read personal fields (unless --expose-pii)
+                t: {
+                    name: x
+                    for name, x in zip(self.emitter.feature_names[t], v[2], strict=True)
+                    if name not in self.emitter.withheld[t]
+                }
+                for t, v in last.items()
             },
             "last_score": {t: {"score": v[0], "event_id": v[1]} for t, v in last.items()},
         }

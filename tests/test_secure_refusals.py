@@ -174,6 +174,38 @@ def test_a_missing_acl_stops_the_worker_and_nothing_is_lost_once_granted(
     _assert_dead_letter(b, worker)
 
 
+@pytest.mark.parametrize(
+    ("refused", "says"),
+    [
+        ("{app}-__assignor-__leader", "Read on faust's assignor topic"),  # faust hung on it for ever
+        ("{app}-records-changelog", "Read on the changelog topic"),  # the restore reads it
+    ],
+)
+def test_a_missing_read_on_a_topic_faust_or_the_restore_reads_stops_the_worker(
+    secure_kafka: SecureBroker, model: Path, tmp_path: Path, refused: str, says: str
+) -> None:
+    b = secure_kafka
+    config = b.config_file("worker", tmp_path / "kafka.json")
+    worker = WorkerProcess(b.bootstrap, model, tmp_path / "data", extra=["--kafka-config", str(config)])
+    t = worker.topics
+    topic = refused.format(app=worker.prefix)
+    create_topics(b, worker)
+    for operations, resource, prefixed in worker_grants(worker.prefix, t):
+        if resource == ["--topic", topic]:  # every right on it but Read
+            operations = [op for op in operations if op != "Read"]
+        b.allow("worker", operations, resource, prefixed)
+    b.allow("reader", ["Read", "Describe"], ["--topic", t["scores"], "--topic", t["dlq"]])
+    scored = _publish(b, worker)
+
+    last = _refused(b, worker)
+    print(f"\nRead on {topic}: {last}")
+    assert last.startswith(f"error: Kafka refused {says} {topic}: "), last
+
+    b.allow("worker", ["Read"], ["--topic", topic])
+    assert {_event_id(m) for m in _restarted(b, worker, len(scored))} == scored
+    _assert_dead_letter(b, worker)
+
+
 def _assert_dead_letter(b: SecureBroker, worker: WorkerProcess, committed: bool = False) -> None:
     """The bad message of :func:`_publish` is in the DLQ: once if ``committed`` (exactly-once).
 

@@ -10,12 +10,14 @@ import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
 from streaming import REPO, SPEC
 
-from entities.spec import Fixed, Spec, SpecError
+from entities.spec import Derived, Fixed, Repeated, Scored, Spec, SpecError, days
 from streams.messages import ScoreMessage
 from streams.security import (
     SecurityError,
@@ -94,6 +96,55 @@ def test_score_messages_have_no_field_that_could_carry_fixed_attributes() -> Non
     }
     assert ScoreMessage.__annotations__["features"] == "dict[str, float | None] | None"
     assert ScoreMessage.__annotations__["explanation"] == "dict[str, float] | None"
+
+
+def test_derived_features_that_read_a_pii_field_are_personal(spec: Spec) -> None:
+    # age_years reads dob; is_male reads gender, which the spec does not mark.
+    assert spec.personal_features("transaction") == {"age_years"}
+
+    class Opaque:  # no code to read: counted as reading every field
+        def __call__(self, event: Any, fixed: Any) -> float:
+            return 0.0
+
+    def nested(event: Any, fixed: Any) -> float:
+        return float((lambda f: f.get("street") is None)(fixed))
+
+    profile = Fixed("profile", {"street": str, "city": str}, pii={"street"})
+    made = Spec(
+        name="t",
+        entity="card",
+        key="k",
+        fixed=profile,
+        repeated={"txns": Repeated(event_type="txn", fields={"x": float}, retention=days(1))},
+        scored=[
+            Scored(
+                "txn",
+                features=[
+                    Derived("nested", nested),
+                    Derived("opaque", Opaque()),
+                    Derived("city", lambda e, f: float(len(f.get("city") or ""))),
+                ],
+            )
+        ],
+    )
+    assert made.personal_features("txn") == {"nested", "opaque"}
+
+
+def test_score_messages_leave_personal_features_out_unless_exposed(spec: Spec) -> None:
+    from types import SimpleNamespace
+
+    from streams.emit import Emitter
+
+    names = spec.feature_names_of("transaction")
+    for expose, shown in ((False, [n for n in names if n != "age_years"]), (True, names)):
+        unused: Any = SimpleNamespace()  # routing and metrics: not used to build messages
+        emitter = Emitter(spec, {}, unused, unused, "s", "d", expose_pii=expose)
+        assert emitter.withheld["transaction"] == (set() if expose else {"age_years"})
+        row = [float(i) for i in range(len(names))]
+        features = emitter._features["transaction"]
+        pick = emitter._pick["transaction"]
+        sent = msgspec.json.decode(msgspec.json.encode(features(*(row if pick is None else pick(row)))))
+        assert list(sent) == shown and sent == {n: float(names.index(n)) for n in shown}
 
 
 def test_describe_lists_the_pii_fields() -> None:

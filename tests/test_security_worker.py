@@ -79,6 +79,7 @@ def test_entities_need_the_token_off_loopback_and_leave_pii_out_of_answers_and_s
     assert not PII & set(view["fixed"]), view["fixed"]
     assert view["withheld_pii"] == sorted(PII)
     assert view["fixed"]["city"] == profiles[entity].attrs.city  # the rest is there
+    assert "age_years" not in view["features"]["transaction"] and "amt" in view["features"]["transaction"]
 
     # Scores carry ids, the model, the score and numeric features: no fixed attribute.
     assert len(scores) == transactions
@@ -87,9 +88,12 @@ def test_entities_need_the_token_off_loopback_and_leave_pii_out_of_answers_and_s
     leaked = {
         str(getattr(p.attrs, name)) for p in profiles.values() for name in PII
     }  # names, streets, birth dates
+    # age_years reads the date of birth: with the event's ts it would give the date back.
+    shown = [n for n in spec.feature_names_of("transaction") if n != "age_years"]
     for message in scores:
         score = json.loads(message.value)
         assert set(score) <= allowed, set(score) - allowed
+        assert list(score["features"]) == shown
         assert all(v is None or isinstance(v, float) for v in score["features"].values())
         text = message.value.decode()
         assert not any(value in text for value in leaked), text
