@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -465,7 +465,7 @@ def _produce(args: argparse.Namespace) -> int:
         if rejected <= MAX_REJECTS_SHOWN:
             print(f"rejected row {item.row}: {item.error}", file=sys.stderr)
 
-    with progress("produce") as advance:
+    with progress("produce") as advance, _refusals({args.topic: "Write on the topic"}):
         sent = asyncio.run(
             produce(
                 args.bootstrap,
@@ -482,16 +482,31 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _refusals(topics: dict[str, str]) -> Iterator[None]:
+    """A refused ACL ends the command with one ``error:`` line (exit 2), not a traceback."""
+    from aiokafka.errors import KafkaError
+
+    from streams.security import refusal
+
+    try:
+        yield
+    except KafkaError as exc:
+        why = refusal(exc, topics)
+        if why is None:
+            raise
+        raise SystemExit(f"error: {why}") from None
+
+
 def _tail(args: argparse.Namespace) -> int:
     import asyncio
 
     def show(rec: Any) -> None:
         print(rec.value.decode(errors="replace"), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            tail_topic(args.bootstrap, args.topic, show, args.from_beginning, args.limit, _kafka_config(args))
-        )
+    kafka = _kafka_config(args)
+    with contextlib.suppress(KeyboardInterrupt), _refusals({args.topic: "Read on the topic"}):
+        asyncio.run(tail_topic(args.bootstrap, args.topic, show, args.from_beginning, args.limit, kafka))
     return 0
 
 

@@ -59,7 +59,11 @@ async def produce(
         **(kafka or {}),
     )
     await ensure_topics(bootstrap, [NewTopic(topic, partitions or DEFAULT_PARTITIONS, 1)], kafka or {})
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:  # refused (an ACL): close it, or it is reported unclosed after the error
+        await producer.stop()
+        raise
     sent = 0
     started = time.perf_counter()
     try:
@@ -127,7 +131,11 @@ async def tail(
         isolation_level="read_committed",
         **(kafka or {}),
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:  # as the producer above
+        await consumer.stop()
+        raise
     seen = 0
     last = time.monotonic()
     try:

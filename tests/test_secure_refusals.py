@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.admin import NewTopic
 from secure_kafka import SecureBroker, worker_grants
 from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, read_topic, send_raw, train_small_model
 from test_secure_broker import cli, create_topics
 
 from entities.events import Event
 from entities.spec import Spec
-from streams.kafka_io import partition_for
+from streams.kafka_io import ensure_topics, partition_for
 from streams.produce import file_events, produce
 
 pytestmark = pytest.mark.kafka
@@ -77,6 +78,31 @@ def test_a_refused_login_ends_the_command_with_one_line(
     )
     assert "Traceback" not in done.stderr
     assert "not-the-password" not in done.stdout + done.stderr
+
+
+def test_produce_and_tail_without_their_right_end_with_one_line(
+    secure_kafka: SecureBroker, tmp_path: Path
+) -> None:
+    b = secure_kafka
+    topic = f"t{tmp_path.name[-8:]}.noacl"
+    asyncio.run(ensure_topics(b.bootstrap, [NewTopic(topic, 1, 1)], b.settings("admin")))
+    for user, args, says in (
+        (
+            "producer",
+            ["produce", "--input", str(SAMPLE), "--adapter", str(ADAPTER), "--limit", "10"],
+            "Write",
+        ),
+        ("reader", ["tail", topic, "--from-beginning", "--limit", "1"], "Read"),
+    ):
+        b.allow(user, ["Describe"], ["--topic", topic])  # it sees the topic, no more
+        config = b.config_file(user, tmp_path / f"{user}.json")
+        extra = ["--topic", topic] if args[0] == "produce" else []
+        done = cli(*args, *extra, "--bootstrap", b.bootstrap, "--kafka-config", str(config), timeout=90)
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        print(f"\n{args[0]} without {says}: {last}")
+        assert done.returncode != 0, done.stdout
+        assert last.startswith("error: Kafka refused "), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
 
 
 # A message that goes to the DLQ (not JSON), among the good ones.
