@@ -311,6 +311,9 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
         config = load_kafka_config(args.kafka_config)
     except SecurityError as exc:
         raise SystemExit(f"error: {exc}") from None
+    protocol = config.get("security_protocol", "PLAINTEXT")
+    if protocol in ("SSL", "SASL_SSL") and "ssl_context" not in config:
+        config.setdefault("ssl_cafile", None)  # no CA file: the system's trusted CAs
     if "ssl_cafile" in config or "ssl_certfile" in config:
         import ssl
 

@@ -110,7 +110,30 @@ def load_kafka_config(path: Path, environ: Mapping[str, str] | None = None) -> d
         raise SecurityError(f"--kafka-config {path}: not JSON ({exc})") from None
     if not isinstance(config, dict):
         raise SecurityError(f"--kafka-config {path}: expected a JSON object of client settings")
+    unknown = sorted(set(config) - kafka_settings())
+    if unknown:
+        raise SecurityError(
+            f"--kafka-config {path}: unknown setting {unknown[0]!r}: the settings are aiokafka's "
+            "keyword arguments (security_protocol, sasl_mechanism, sasl_plain_username, "
+            "sasl_plain_password, ssl_cafile, ...), not Java client properties"
+        )
     return {key: _resolve(key, value, env) for key, value in config.items()}
+
+
+def kafka_settings() -> set[str]:
+    """What ``--kafka-config`` may set: the producer's and consumer's keyword arguments, and CA files."""
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    names = {"ssl_cafile", "ssl_certfile", "ssl_keyfile"}  # made into ssl_context
+    for client in (AIOKafkaProducer, AIOKafkaConsumer):
+        names |= {
+            p.name
+            for p in inspect.signature(client).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        }
+    return names - {"loop", "bootstrap_servers"}
 
 
 def _resolve(key: str, value: Any, env: Mapping[str, str]) -> Any:

@@ -49,7 +49,7 @@ class SecureBroker(KafkaBroker):
         }
 
     def config_file(self, user: str, path: Path, **override: Any) -> Path:
-        """A ``--kafka-config`` for ``user``: its password by reference to the secret file."""
+        """A ``--kafka-config`` for ``user``: its password by reference to its secret file (None: no key)."""
         config = {
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512",
@@ -58,7 +58,7 @@ class SecureBroker(KafkaBroker):
             "ssl_cafile": str(self.ca),
             **override,
         }
-        path.write_text(json.dumps(config))
+        path.write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
         path.chmod(0o600)
         return path
 

@@ -50,6 +50,8 @@ def other_ca(tmp_path: Path) -> Path:
     [
         ("wrong password", "the broker refused the SASL login (wrong user name or password)"),
         ("unknown CA", "the broker's certificate is not signed by a CA this client trusts (ssl_cafile)"),
+        # no ssl_cafile: the system's CAs, which did not sign the test broker's certificate
+        ("no CA file", "the broker's certificate is not signed by a CA this client trusts (ssl_cafile)"),
     ],
 )
 @pytest.mark.parametrize("command", ["worker", "produce", "tail"])
@@ -60,11 +62,12 @@ def test_a_refused_login_ends_the_command_with_one_line(
     secret = tmp_path / "password"
     secret.write_text("not-the-password")
     secret.chmod(0o600)
-    override = (
-        {"sasl_plain_password": {"file": str(secret)}}
-        if case == "wrong password"
-        else {"ssl_cafile": str(other_ca(tmp_path))}
-    )
+    overrides: dict[str, dict[str, Any]] = {
+        "wrong password": {"sasl_plain_password": {"file": str(secret)}},
+        "unknown CA": {"ssl_cafile": str(other_ca(tmp_path))},
+        "no CA file": {"ssl_cafile": None},
+    }
+    override = overrides[case]
     config = b.config_file("worker", tmp_path / "kafka.json", **override)
     args = {
         "worker": ["worker", "--spec", str(SPEC), "--model", str(model), "--data-dir", str(tmp_path / "d")],

@@ -258,6 +258,15 @@ def test_kafka_config_refusals_name_the_setting_and_never_the_secret(tmp_path: P
     with pytest.raises(SecurityError, match=r'must be a value, \{"env": NAME\} or \{"file": PATH\}'):
         load_kafka_config(config, {})
 
+    # A misspelled or Java-style key is named, not passed on to crash a client later.
+    for key in ("sasl_plain_pasword", "security.protocol"):
+        config = _secret_file(tmp_path / "typo.json", f'{{"{key}": "hunter22"}}')
+        with pytest.raises(
+            SecurityError, match=f"unknown setting '{key}'.*not Java client properties"
+        ) as err:
+            load_kafka_config(config, {})
+        assert "hunter22" not in str(err.value)
+
 
 def test_produce_refuses_a_world_readable_kafka_config_in_one_line(tmp_path: Path) -> None:
     config = _secret_file(tmp_path / "kafka.json", '{"sasl_plain_password": "hunter22"}', 0o644)
