@@ -207,9 +207,14 @@ async def check_login(bootstrap: str, kafka: Mapping[str, Any]) -> None:
         await admin.start()
     except KafkaConnectionError as exc:
         said = " ".join(errors.lines)
-        reason = next((why for key, why in _LOGIN_REASONS.items() if key in said), str(exc))
+        reason = next((why for key, why in _LOGIN_REASONS.items() if key in said), None)
         user = kafka.get("sasl_plain_username")
         who = f" as user {user!r}" if user else ""
+        if reason is None:  # no refusal seen: nobody answered, or not in this protocol
+            raise SecurityError(
+                f"could not connect to Kafka at {bootstrap}{who}: {exc} (is the address right, and "
+                "are security_protocol and sasl_mechanism those of that listener?)"
+            ) from None
         raise SecurityError(f"Kafka at {bootstrap} refused the connection{who}: {reason}") from None
     finally:
         aiokafka_log.removeHandler(errors)

@@ -243,8 +243,11 @@ async def _partition_counts(admin: AIOKafkaAdminClient, cfg: WorkerConfig) -> di
             found[t["topic"]] = len(t["partitions"])
         elif t["error_code"] not in (0, UNKNOWN_TOPIC):
             error = for_code(t["error_code"])
+            # Kafka answers so for a topic that does not exist too, when one may not know.
             raise TopicError(
-                f"topic {t['topic']}: cannot describe it ({error.__name__}): grant Describe on it"
+                f"topic {t['topic']}: cannot describe it ({error.__name__}): grant Describe on it; "
+                f"if it does not exist yet, an admin (Create and Describe rights) creates the "
+                f"app's topics with `{topics_command(cfg)}`"
             )
     return found
 

@@ -147,6 +147,29 @@ def test_score_messages_leave_personal_features_out_unless_exposed(spec: Spec) -
         assert list(sent) == shown and sent == {n: float(names.index(n)) for n in shown}
 
 
+def test_a_closed_port_is_not_called_a_refused_login() -> None:
+    import asyncio
+
+    from aiokafka.helpers import create_ssl_context
+
+    from streams.local_kafka import free_port
+    from streams.security import check_login
+
+    port = free_port()  # nothing listens there
+    settings = {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "worker",
+        "sasl_plain_password": "hunter22",
+        "ssl_context": create_ssl_context(),
+    }
+    with pytest.raises(SecurityError) as err:
+        asyncio.run(check_login(f"127.0.0.1:{port}", settings))
+    said = str(err.value)
+    assert said.startswith(f"could not connect to Kafka at 127.0.0.1:{port} as user 'worker': "), said
+    assert "refused" not in said and "hunter22" not in said
+
+
 def test_describe_lists_the_pii_fields() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "streams.cli", "describe", "--spec", str(SPEC)],

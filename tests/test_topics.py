@@ -264,6 +264,13 @@ def test_supernova_topics_acls_are_all_a_least_privilege_worker_needs_on_the_sec
         assert command == shlex.join(["supernova", "topics", *app, "--partitions", "4", "--create"]), line
         assert "Traceback" not in out
 
+    # Run by a principal that may not even see the topics, it says an admin must run it.
+    reader = str(b.config_file("reader", tmp_path / "reader.json"))
+    capsys.readouterr()
+    assert main([*shlex.split(command)[1:], "--kafka-config", reader]) != 0
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "cannot describe it" in said and "an admin (Create and Describe rights) creates" in said, said
+
     # The command it names, as the admin: it creates the topics and prints the same ACLs.
     admin = str(b.config_file("admin", tmp_path / "admin.json"))
     assert main([*shlex.split(command)[1:], "--kafka-config", admin, *principals]) == 0
