@@ -53,7 +53,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from bench.harness import REPO, Child, Offsets, create_topics, python
 from bench.run import ADAPTER, DATA, SAMPLE, SPEC, local_broker, setup_logging, work_dir
-from bench.scale import _log_time
+from bench.scale import restore_seconds
 from entities.engine import Engine
 from entities.events import Event, EventCodec
 from entities.spec import load_spec
@@ -336,20 +336,9 @@ async def worker_restore(
     child = Child("worker", cmd, work / "worker.log")
     child.start()
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            child.check_alive()
-            lines = child.log_path.read_text(errors="replace").splitlines()
-            assigned = [ln for ln in lines if " assigned " in ln and ", resuming at " in ln]
-            if len(assigned) >= partitions:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker not restored in time:\n{child.log_tail()}")
-            await asyncio.sleep(0.1)
+        return round(await restore_seconds(child, partitions, deadline_s=300, poll_s=0.1), 3)
     finally:
         child.stop()
-    restoring = [ln for ln in lines if " restoring partition " in ln]
-    return round(_log_time(assigned[-1]) - _log_time(restoring[0]), 3)
 
 
 def _small_model() -> Path:

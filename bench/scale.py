@@ -473,7 +473,9 @@ async def _measure(
     restored = worker("restored")
     restored.start()
     try:
-        row.restore_s = await _restore_seconds(restored, args.partitions, row.changelog_bytes)
+        # at least 2 MB/s, or it is stuck
+        deadline_s = 120 + row.changelog_bytes / 2e6
+        row.restore_s = round(await restore_seconds(restored, args.partitions, deadline_s), 2)
         log.info(
             "%s: restored %s MB of changelog in %.1f s",
             pop.name,
@@ -593,9 +595,12 @@ async def changelog_size(
     )
 
 
-async def _restore_seconds(child: Child, partitions: int, changelog_bytes: int) -> float:
-    """From the worker's first "restoring partition" log line to its last "assigned" one."""
-    deadline = time.monotonic() + 120 + changelog_bytes / 2e6  # at least 2 MB/s, or it is stuck
+async def restore_seconds(child: Child, partitions: int, deadline_s: float, poll_s: float = 0.2) -> float:
+    """From the worker's first "restoring partition" log line to its last "assigned" one.
+
+    Waits until ``partitions`` are assigned; TimeoutError after ``deadline_s``.
+    """
+    deadline = time.monotonic() + deadline_s
     while True:
         child.check_alive()
         lines = child.log_path.read_text(errors="replace").splitlines()
@@ -604,11 +609,11 @@ async def _restore_seconds(child: Child, partitions: int, changelog_bytes: int) 
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"{child.name}: not restored in time:\n{child.log_tail()}")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(poll_s)
     restoring = [ln for ln in lines if " restoring partition " in ln]
     if not restoring:
         return 0.0
-    return round(_log_time(assigned[-1]) - _log_time(restoring[0]), 2)
+    return _log_time(assigned[-1]) - _log_time(restoring[0])
 
 
 def _log_time(line: str) -> float:
