@@ -90,16 +90,21 @@ def encode_ids(ids: tuple[str, ...] | list[str]) -> Ids:
     return Ids(text=list(ids))
 
 
-def decode_ids(ids: Ids, n: int) -> list[str]:
-    """The event ids ``encode_ids`` stored."""
+def event_ids(ids: Ids, n: int) -> EventIds:
+    """The event ids ``encode_ids`` stored, as ``Items`` keeps them (16 bytes each while hex)."""
     if ids.text is not None:
         if len(ids.text) != n:
             raise ColumnsError(f"{len(ids.text)} event ids for {n} items")
-        return ids.text
+        return EventIds.of(None, ids.text)
     if len(ids.hex) != n * _HEX_ID // 2:
         raise ColumnsError(f"{len(ids.hex)} bytes of event ids for {n} items")
-    text = ids.hex.hex()
-    return [text[i : i + _HEX_ID] for i in range(0, n * _HEX_ID, _HEX_ID)]
+    return EventIds.of(ids.hex, None)
+
+
+def decode_ids(ids: Ids, n: int) -> list[str]:
+    """The event ids ``encode_ids`` stored, as strings."""
+    stored = event_ids(ids, n)
+    return [stored[i] for i in range(n)]
 
 
 def encode_text(values: tuple[str, ...] | list[str]) -> Text:
@@ -196,16 +201,7 @@ class ColumnsCodec:
             ts = array("q", columns.ts)
         except OverflowError:
             raise ColumnsError("a timestamp beyond 64 bits") from None
-        stored_ids = columns.ids
-        if stored_ids.text is not None:
-            if len(stored_ids.text) != n:
-                raise ColumnsError(f"{len(stored_ids.text)} event ids for {n} items")
-            ids = EventIds.of(None, stored_ids.text)
-        else:
-            if len(stored_ids.hex) != n * _HEX_ID // 2:
-                raise ColumnsError(f"{len(stored_ids.hex)} bytes of event ids for {n} items")
-            ids = EventIds.of(stored_ids.hex, None)
-        return Items.of(self.kinds, ts, ids, fields)
+        return Items.of(self.kinds, ts, event_ids(columns.ids, n), fields)
 
 
 _EMPTY: dict[str, Any] = {"float": b"", "text": Text([], b""), "typed": []}
