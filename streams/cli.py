@@ -340,7 +340,7 @@ def _groups_readable(cfg: WorkerConfig) -> bool:
 
     from aiokafka.errors import KafkaError
 
-    from streams.security import check_group_read, check_topic_read, refusal
+    from streams.security import check_reads, refusal
     from streams.topics import faust_leader_topic
 
     groups = [cfg.app_id, cfg.group_id]
@@ -350,8 +350,7 @@ def _groups_readable(cfg: WorkerConfig) -> bool:
         faust_leader_topic(cfg): "Read on faust's assignor topic",
     }
     try:
-        asyncio.run(check_group_read(cfg.bootstrap, cfg.kafka, groups, cfg.events_topic))
-        asyncio.run(check_topic_read(cfg.bootstrap, cfg.kafka, reads))
+        asyncio.run(check_reads(cfg.bootstrap, cfg.kafka, groups, reads, cfg.events_topic))
     except KafkaError as exc:
         why = refusal(exc, reads)
         if why is None:

@@ -6,9 +6,8 @@
   bearer token off loopback; a worker bound elsewhere without one refuses to start.
 - :func:`load_kafka_config`: the ``--kafka-config`` JSON, refused if anyone may read
   it, with secrets taken from the environment or from files rather than written in it.
-- :func:`check_login` / :func:`check_group_read` / :func:`check_topic_read` /
-  :func:`refusal`: a refused login, group, topic Read or other ACL becomes one line
-  that names the right to grant.
+- :func:`check_login` / :func:`check_reads` / :func:`refusal`: a refused login,
+  group, topic Read or other ACL becomes one line that names the right to grant.
 
 Every refusal is a :class:`SecurityError` whose message names the setting and what
 to do; it never carries a secret's value.
@@ -229,40 +228,18 @@ _PROBE_GENERATION = 2**31 - 1
 _PROBE_MEMBER = "supernova-acl-probe"
 
 
-async def check_group_read(
-    bootstrap: str, kafka: Mapping[str, Any], groups: Collection[str], topic: str
+async def check_reads(
+    bootstrap: str, kafka: Mapping[str, Any], groups: Collection[str], topics: Collection[str], events: str
 ) -> None:
-    """Raise ``GroupAuthorizationFailedError`` naming the first of ``groups`` Kafka refuses Read on.
+    """Raise the refusal of Read on the first of ``groups``, else on any of ``topics``.
 
-    Run before faust starts: faust's consumer meets a refused group while it joins,
-    and then waits for ever instead of failing.
-    """
-    from aiokafka.client import AIOKafkaClient, ConnectionGroup
-    from aiokafka.errors import GroupAuthorizationFailedError
-    from aiokafka.protocol.commit import OffsetCommitRequest
+    ``events``: the topic of the groups' offsets (a probe commit on it commits nothing).
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, **client_settings(kafka))
-    await client.bootstrap()
-    try:
-        for group in groups:
-            node = await _coordinator(client, group)
-            request = OffsetCommitRequest(
-                group, _PROBE_GENERATION, _PROBE_MEMBER, -1, [(topic, [(0, 0, "")])]
-            )
-            response = await client.send(node, request, group=ConnectionGroup.COORDINATION)
-            codes = {code for _, partitions in response.topics for _, code in partitions}
-            if GroupAuthorizationFailedError.errno in codes:
-                raise GroupAuthorizationFailedError(group)
-    finally:
-        await client.close()
-
-
-async def check_topic_read(bootstrap: str, kafka: Mapping[str, Any], topics: Collection[str]) -> None:
-    """Raise ``TopicAuthorizationFailedError`` naming the ``topics`` Kafka refuses Read on.
-
-    Run before faust starts: faust's fetcher meets a refused topic (its assignor
-    topic, the events) after it starts, logs "Fetcher Crashed" and then waits for
-    ever, SIGTERM included.
+    Run before faust starts, with one client: faust's consumer meets a refused group
+    while it joins, and its fetcher a refused topic (its assignor topic, the events)
+    after it starts; either way it logs and then waits for ever, SIGTERM included.
+    ``GroupAuthorizationFailedError`` names the group; ``TopicAuthorizationFailedError``
+    the set of refused topics.
     """
     from aiokafka.errors import TopicAuthorizationFailedError
 
@@ -270,6 +247,8 @@ async def check_topic_read(bootstrap: str, kafka: Mapping[str, Any], topics: Col
 
     refused = set()
     async with ChangelogReader(bootstrap, kafka) as reader:
+        for group in groups:
+            await _check_group_read(reader.client, group, events)
         for topic in topics:
             try:
                 await reader.check_read(topic)
@@ -277,6 +256,20 @@ async def check_topic_read(bootstrap: str, kafka: Mapping[str, Any], topics: Col
                 refused.add(topic)
     if refused:
         raise TopicAuthorizationFailedError(refused)
+
+
+async def _check_group_read(client: Any, group: str, topic: str) -> None:
+    """Raise ``GroupAuthorizationFailedError`` if Kafka refuses Read on ``group``."""
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.errors import GroupAuthorizationFailedError
+    from aiokafka.protocol.commit import OffsetCommitRequest
+
+    node = await _coordinator(client, group)
+    request = OffsetCommitRequest(group, _PROBE_GENERATION, _PROBE_MEMBER, -1, [(topic, [(0, 0, "")])])
+    response = await client.send(node, request, group=ConnectionGroup.COORDINATION)
+    codes = {code for _, partitions in response.topics for _, code in partitions}
+    if GroupAuthorizationFailedError.errno in codes:
+        raise GroupAuthorizationFailedError(group)
 
 
 async def _coordinator(client: Any, group: str, tries: int = 60) -> int:
