@@ -271,9 +271,3 @@ class Items:
                 self.ids.append(other.ids[i])
         for mine, theirs in zip(self.fields, other.fields, strict=True):
             mine += theirs
-
-    def nbytes(self) -> int:
-        """Bytes the columns hold (arrays: their items; lists: a pointer an item)."""
-        n = len(self.ts)
-        ids = len(self.ids.raw) if self.ids.raw is not None else 120 * n
-        return 8 * n + ids + 8 * n * len(self.fields)

@@ -40,7 +40,7 @@ import msgspec
 
 from entities.columns import ColumnsCodec, ColumnsError
 from entities.events import attrs_struct
-from entities.items import Items, field_kinds
+from entities.items import Items
 from entities.spec import Spec
 
 SCHEMA_VERSION = 2  # whole records (``encode``)
@@ -200,7 +200,7 @@ class RecordCodec:
     def __init__(self, spec: Spec, bucket_ms: dict[str, int] | None = None) -> None:
         self.layout = spec.layout_hash()
         self.repeated = list(spec.repeated)
-        self._kinds = {name: field_kinds(dict(rep.fields)) for name, rep in spec.repeated.items()}
+
         self._lateness = spec.lateness_ms
         self._retention = [(rep.retention_ms, rep.max_count) for rep in spec.repeated.values()]
         self._bucket = [
@@ -209,6 +209,7 @@ class RecordCodec:
         ]
         self._fixed_type = attrs_struct("fixed", dict(spec.fixed.fields), optional=True)
         self._columns = [ColumnsCodec(name, dict(rep.fields)) for name, rep in spec.repeated.items()]
+        self._kinds = {c.name: c.kinds for c in self._columns}  # how Items keeps each attribute
         columns_type = msgspec.defstruct(
             "columns", [(c.name, c.struct) for c in self._columns], array_like=True
         )
