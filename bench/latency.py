@@ -28,6 +28,20 @@ from entities.events import Event, EventCodec
 from streams.produce import produce
 
 DAY_MS = 86_400_000
+# Odd, so k -> k * MIX mod 2**64 is one-to-one: copies of an id never collide.
+MIX = 0x9E3779B97F4A7C15
+_HEX = frozenset("0123456789abcdef")
+
+
+def clone_event_id(event_id: str, k: int) -> str:
+    """A new id for copy ``k`` of an event: still 32 hex digits if ``event_id`` is, like Sparkov's.
+
+    Ids of another form get a ``~k`` suffix. Keeping the form matters: records hold
+    32-digit hex ids in 16 bytes and any other id as text (``entities/items.py``).
+    """
+    if len(event_id) == 32 and _HEX.issuperset(event_id):
+        return f"{int(event_id[:16], 16) ^ (k * MIX) % 2**64:016x}{event_id[16:]}"
+    return f"{event_id}~{k}"
 
 
 class _Source(msgspec.Struct):
@@ -62,7 +76,9 @@ def looped(read: Callable[[], Iterable[Event]], start: int, span_ms: int) -> Ite
     for k in itertools.count(1):
         shift = k * shift_by
         for ev in read():
-            yield Event(f"{ev.event_id}~{k}", ev.entity_id, ev.type, ev.ts + shift, ev.attrs, ev.label)
+            yield Event(
+                clone_event_id(ev.event_id, k), ev.entity_id, ev.type, ev.ts + shift, ev.attrs, ev.label
+            )
 
 
 @dataclass

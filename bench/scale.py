@@ -2,7 +2,7 @@
 
 Populations are made from a slice of the Sparkov test file (its last ``--days`` days)
 by cloning its cards under new card numbers (``cc_num``) and new event ids
-(``trans_num`` + ``-k``), interleaved row by row so time order holds:
+(``bench.latency.clone_event_id``: 32 hex digits, as Sparkov's), interleaved row by row so time order holds:
 
 - ``1×``, ``8×``, ``64×`` (``--factors``): every card of the slice ``k`` times, each
   clone with the card's whole slice history;
@@ -74,7 +74,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rocksdict import AccessType, Options, Rdict
 
 from bench.harness import REPO, Child, Offsets, create_topics, python, read_range
-from bench.latency import looped
+from bench.latency import MIX, clone_event_id, looped
 from bench.model import model_artifact
 from bench.procstat import machine
 from bench.run import (
@@ -294,12 +294,27 @@ def clone(slice_: pa.Table, name: str, factor: int, per_card: int | None, path: 
     out = slice_.take(pa.array(take))
     cc = CARD_BASE + copy * cards + card[take]
     out = out.set_column(out.schema.get_field_index("cc_num"), "cc_num", pa.array(cc, pa.int64()))
-    ids = pc.binary_join_element_wise(out["trans_num"], pa.array(copy.astype(str)), "-")
+    ids = _clone_ids(slice_["trans_num"], take, copy)
     out = out.set_column(out.schema.get_field_index("trans_num"), "trans_num", ids)
     pacsv.write_csv(out, path, pacsv.WriteOptions(quoting_style="needed"))
     ts = slice_["trans_date_trans_time"]
     first, last = (int(pc.cast(x, pa.int64()).as_py()) * 1000 for x in (pc.min(ts), pc.max(ts)))
     return Population(name, path, n * factor, factor * cards, first, last)
+
+
+def _clone_ids(trans_num: pa.ChunkedArray, take: np.ndarray, copy: np.ndarray) -> pa.Array:
+    """``clone_event_id(trans_num[take[i]], copy[i])`` for every row, at numpy speed when all are hex."""
+    ids = trans_num.to_pylist()
+    try:
+        raw = np.frombuffer(bytes.fromhex("".join(ids)), dtype=">u8").reshape(-1, 2)
+    except ValueError:
+        raw = None
+    if raw is None or raw.shape[0] != len(ids):
+        return pa.array([clone_event_id(ids[t], int(c)) for t, c in zip(take, copy, strict=True)])
+    out = raw[take].copy()
+    out[:, 0] ^= copy.astype(np.uint64) * np.uint64(MIX)  # wraps mod 2**64, as clone_event_id
+    text = out.tobytes().hex()
+    return pa.array([text[i : i + 32] for i in range(0, len(text), 32)])
 
 
 def _cards_per_copy(slice_: pa.Table, per_card: int | None) -> int:

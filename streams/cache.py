@@ -9,14 +9,15 @@ records, skipping those the caller cannot drop yet (the worker: changed since it
 last checkpoint) or writing them first (replay).
 
 Sizes are estimates of resident memory: a record costs ``RECORD_BYTES`` plus, per
-retained item, ``ITEM_BYTES`` and ``FIELD_BYTES`` per field. An item's columns
-(``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text field) and its
-prefix sums take ~100 bytes by tracemalloc; the process grows by about 2.4 times that
-(allocator slack around growing arrays and between the transient objects of each
-poll). Calibrated with ``python -m bench.record_bytes`` (RSS growth per record in a
-worker-like loop) on 2026-12-05: 6,043 B for cards of 2 transactions and 14,899 B for
-cards of 38.6, fitted as 5,600 + 242 per fraud transaction. ``make bench-scale``
-reports the RSS this gives.
+retained item, ``ITEM_BYTES`` and ``FIELD_BYTES`` per field, and ``TEXT_ID_BYTES``
+more while its event ids are kept as text (any id not of 32 hex digits). An item's
+columns (``entities.items``: 8 bytes of ts, 16 of event id, 8 per float or text
+field) and its prefix sums take ~100 bytes by tracemalloc; the process grows by
+more (allocator slack around growing arrays and between the transient objects of
+each poll). Calibrated with ``python -m bench.record_bytes`` (RSS growth per record
+in a worker-like loop, Sparkov's 32-digit hex ids) on 2026-12-05: 5,832 B for cards
+of 2 transactions and 12,575 B for cards of 38.6, fitted as 5,500 + 184 per fraud
+transaction. ``make bench-scale`` reports the RSS this gives.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions together
-RECORD_BYTES = 5_600  # the record object, its dicts, fixed attributes, lifetime stats, windows
-ITEM_BYTES = 200  # ts, event id, prefix sums, allocator slack
+RECORD_BYTES = 5_500  # the record object, its dicts, fixed attributes, lifetime stats, windows
+ITEM_BYTES = 144  # ts, event id, prefix sums, allocator slack
+# Ids as text: a list slot, a set entry (~60 B, measured as above with ids "hex-k")
+# and the id's own string, which the decoded event brought (~80 B for 32 characters).
+TEXT_ID_BYTES = 140
 FIELD_BYTES = {float: 8, int: 36, str: 8}  # a float array; an int list; interned text: a pointer
 OTHER_BYTES = 64
 
@@ -73,7 +77,11 @@ class RecordCache:
     def size_of(self, record: SupernovaRecord) -> int:
         """Estimated bytes of a record in memory."""
         items = record.items
-        return RECORD_BYTES + sum(len(items[name]) * size for name, size in self._item_bytes)
+        size = RECORD_BYTES
+        for name, per_item in self._item_bytes:
+            column = items[name]
+            size += len(column) * (per_item if column.ids.raw is not None else per_item + TEXT_ID_BYTES)
+        return size
 
     def load(self, entity_ids: Iterable[str]) -> None:
         """Make these entities the most recent; bring the missing ones from the store."""

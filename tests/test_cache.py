@@ -14,7 +14,7 @@ from entities.engine import Engine
 from entities.events import EventCodec
 from entities.record import RecordError, SupernovaRecord
 from entities.spec import Spec, load_spec_module
-from streams.cache import RECORD_BYTES, RecordCache, item_bytes
+from streams.cache import RECORD_BYTES, TEXT_ID_BYTES, RecordCache, item_bytes
 from streams.replay import replay
 
 FRAUD_SPEC = Path(__file__).resolve().parents[1] / "examples" / "fraud" / "spec.py"
@@ -34,9 +34,23 @@ def _setup(spec: Spec, budget: int) -> tuple[RecordCache, Engine, dict[str, byte
     return cache, engine, store, EventCodec(spec)
 
 
-def _feed(cache: RecordCache, engine: Engine, codec: EventCodec, entity: str, n: int, start: int = 0) -> None:
+def _feed(
+    cache: RecordCache,
+    engine: Engine,
+    codec: EventCodec,
+    entity: str,
+    n: int,
+    start: int = 0,
+    hex_ids: bool = False,
+) -> None:
     events = [
-        codec.build("transaction", f"{entity}-{i}", entity, 1_592_741_642_000 + i * 1000, ATTRS)
+        codec.build(
+            "transaction",
+            f"{i:032x}" if hex_ids else f"{entity}-{i}",
+            entity,
+            1_592_741_642_000 + i * 1000,
+            ATTRS,
+        )
         for i in range(start, start + n)
     ]
     cache.load([entity])
@@ -46,17 +60,18 @@ def _feed(cache: RecordCache, engine: Engine, codec: EventCodec, entity: str, n:
 
 def test_sizes_follow_items_and_the_total_is_their_sum(spec: Spec) -> None:
     cache, engine, _, codec = _setup(spec, 10**9)
-    _feed(cache, engine, codec, "a", 3)
+    _feed(cache, engine, codec, "a", 3, hex_ids=True)
     _feed(cache, engine, codec, "b", 5)
     per_item = item_bytes(spec)["transactions"]
-    assert cache.sizes == {"a": RECORD_BYTES + 3 * per_item, "b": RECORD_BYTES + 5 * per_item}
-    _feed(cache, engine, codec, "a", 2, start=3)
+    text_item = per_item + TEXT_ID_BYTES  # ids that are not 32 hex digits are kept as strings
+    assert cache.sizes == {"a": RECORD_BYTES + 3 * per_item, "b": RECORD_BYTES + 5 * text_item}
+    _feed(cache, engine, codec, "a", 2, start=3, hex_ids=True)
     assert cache.sizes["a"] == RECORD_BYTES + 5 * per_item
     assert cache.bytes == sum(cache.sizes.values())
 
 
 def test_least_recently_used_leave_first_and_kept_ones_stay(spec: Spec) -> None:
-    per_record = RECORD_BYTES + 2 * item_bytes(spec)["transactions"]
+    per_record = RECORD_BYTES + 2 * (item_bytes(spec)["transactions"] + TEXT_ID_BYTES)
     cache, engine, store, codec = _setup(spec, 3 * per_record)
     for entity in "abcde":
         _feed(cache, engine, codec, entity, 2)
