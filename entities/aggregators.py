@@ -10,10 +10,16 @@ path instead of calling the method. The two must stay in step, operation for
 operation, so that both paths give bit-identical state; keep them side by side.
 The plan emits an aggregator's ``emit_add`` before its ``emit_remove``, so the
 latter may use the locals the former binds.
+
+Some aggregators also have ``fill(items, lo, hi)``: the state ``add`` would reach
+over items ``lo`` to ``hi`` of an ``entities.items.Items``, read from its columns
+(counting in C where it can). Loading a record rebuilds its windows with it; the
+others are rebuilt by ``add``.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -235,6 +241,20 @@ class Extreme:
         if self.dq and self.dq[0][1] == seq:
             del self.dq[0]
 
+    def fill(self, items: Any, lo: int, hi: int) -> None:
+        """The queue ``add`` leaves after items ``lo`` to ``hi`` (numbered from ``items.dropped + lo``)."""
+        dq: list[tuple[Any, int]] = []
+        largest = self.largest
+        for seq, v in enumerate(items.column(self.idx)[lo:hi], items.dropped + lo):
+            if largest:
+                while dq and dq[-1][0] <= v:
+                    dq.pop()
+            else:
+                while dq and dq[-1][0] >= v:
+                    dq.pop()
+            dq.append((v, seq))
+        self.dq = dq
+
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}q``, the queue, for ``emit_remove``."""
         op, dq = "<=" if self.largest else ">=", f"{var}q"
@@ -282,6 +302,10 @@ class Counter:
         else:
             del self.counts[k]
 
+    def fill(self, items: Any, lo: int, hi: int) -> None:
+        """The counts of items ``lo`` to ``hi``, in first-seen order as ``add`` makes them."""
+        self.counts = dict(collections.Counter(items.column(self.idx)[lo:hi]))
+
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}c``, the counts, for ``emit_remove``."""
         c = f"{var}c"
@@ -318,6 +342,10 @@ class Tally:
     def remove(self, item: Item, seq: int = 0) -> None:
         """Uncount an item."""
         self.n -= 1
+
+    def fill(self, items: Any, lo: int, hi: int) -> None:
+        """The count of items ``lo`` to ``hi``."""
+        self.n = hi - lo
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``."""
@@ -364,6 +392,18 @@ class Keyed:
         part.remove(item, seq)
         if not len(part):
             del self.parts[k]
+
+    def fill(self, items: Any, lo: int, hi: int) -> None:
+        """The parts ``add`` leaves after items ``lo`` to ``hi``: counted in C when they are tallies."""
+        if isinstance(self.idx, int) and self.make is Tally:
+            self.parts = {}
+            for k, n in collections.Counter(items.column(self.idx)[lo:hi]).items():
+                part = self.parts[k] = Tally()
+                part.n = n
+            return
+        self.parts = {}
+        for seq, item in enumerate(items.values(lo, hi), items.dropped + lo):
+            self.add(item, seq)
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""

@@ -131,17 +131,29 @@ class FeaturePlan:
         return self._slice_groups(rp, items, newest, len(items))
 
     def _slice_groups(self, rp: AttributePlan, items: Items, t: int, hi: int) -> list[_Group]:
-        """Window state of every window length over ``items[:hi]``, ending at ``t``."""
+        """Window state of every window length over ``items[:hi]``, ending at ``t``.
+
+        Aggregators with a ``fill`` read the columns; the others get each item by ``add``.
+        """
         los = [bisect_right(items.ts, t - length, 0, hi) for length in rp.lengths]
-        need = [lo for lo, keys in zip(los, rp.agg_keys, strict=True) if keys]
-        start = min(need, default=hi)
-        rows = items.values(start, hi)  # the item tuples once, for the widest window with aggregators
         groups = []
+        rows: list[tuple[Any, ...]] | None = None
+        start = 0
         for g, (length, lo) in enumerate(zip(rp.lengths, los, strict=True)):
             aggs = rp.make_aggs(g)
-            for seq, item in enumerate(rows[lo - start :], items.dropped + lo):
-                for agg in aggs:
-                    agg.add(item, seq)
+            by_add = []
+            for agg in aggs:
+                if hasattr(agg, "fill"):
+                    agg.fill(items, lo, hi)
+                else:
+                    by_add.append(agg)
+            if by_add:
+                if rows is None:  # the item tuples once, for the widest window with aggregators
+                    start = min((lo for lo, keys in zip(los, rp.agg_keys, strict=True) if keys), default=hi)
+                    rows = items.values(start, hi)
+                for seq, item in enumerate(rows[lo - start :], items.dropped + lo):
+                    for agg in by_add:
+                        agg.add(item, seq)
             groups.append(_Group(length, lo, aggs))
         return groups
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from entities.aggregations import Agg, Count, Distinct, Max, Mean, Min, Std, Sum, ZScore
@@ -57,22 +58,29 @@ class AggKey:
     consts: tuple[tuple[int, str, Any], ...] = ()  # (item index, op, constant) of constant filters
 
 
+def agg_factory(key: AggKey) -> Callable[[], Any]:
+    """A function making fresh aggregators for ``key`` (built once: loading a record makes many)."""
+    one: Callable[[], Any]
+    if key.family == "sums":
+        one = partial(Sums, key.idx)
+    elif key.family == "moments":
+        one = partial(Moments, key.idx)
+    elif key.family in ("max", "min"):
+        one = partial(Extreme, key.idx, key.family == "max")
+    elif key.family == "tally":
+        one = Tally
+    else:
+        one = partial(Counter, key.idx)
+    make = one if not key.keys else partial(Keyed, key.keys[0] if len(key.keys) == 1 else key.keys, one)
+    if not key.consts:
+        return make
+    test = item_test(key.consts)
+    return lambda: Filtered(test, make())
+
+
 def make_agg(key: AggKey) -> Any:
     """A fresh aggregator for ``key``."""
-
-    def one() -> Any:
-        if key.family == "sums":
-            return Sums(key.idx)
-        if key.family == "moments":
-            return Moments(key.idx)
-        if key.family in ("max", "min"):
-            return Extreme(key.idx, largest=key.family == "max")
-        if key.family == "tally":
-            return Tally()
-        return Counter(key.idx)
-
-    agg = one() if not key.keys else Keyed(key.keys[0] if len(key.keys) == 1 else key.keys, one)
-    return agg if not key.consts else Filtered(item_test(key.consts), agg)
+    return agg_factory(key)()
 
 
 def item_test(consts: tuple[tuple[int, str, Any], ...]) -> Callable[[tuple[Any, ...]], bool]:
@@ -116,6 +124,7 @@ class AttributePlan:
         self.prefix_squares: list[bool] = []  # whether its squares are summed too
         self.lifetime_fields: list[str] = []  # unfiltered lifetime sum/min/max fields
         self.filtered_lifetime: dict[LifetimeKey, list[str]] = {}  # filter -> its fields
+        self._factories: dict[int, list[Callable[[], Any]]] = {}  # per group, as agg_keys
 
     def group(self, length: int) -> int:
         """Index of the group of windows of ``length`` (added on first use)."""
@@ -134,7 +143,11 @@ class AttributePlan:
 
     def make_aggs(self, g: int) -> list[Any]:
         """Fresh aggregators of group ``g``."""
-        return [make_agg(k) for k in self.agg_keys[g]]
+        keys = self.agg_keys[g]
+        factories = self._factories.get(g)
+        if factories is None or len(factories) != len(keys):  # keys are added while compiling
+            factories = self._factories[g] = [agg_factory(k) for k in keys]
+        return [make() for make in factories]
 
     def prefix_width(self, j: int) -> int:
         """Floats per entry of the prefix sums of summed field ``j``."""
