@@ -238,7 +238,20 @@ class RecordCodec:
 
     def encode(self, record: SupernovaRecord) -> bytes:
         """Serialise a record (derived state is left out)."""
-        return self.encode_snapshot(self.snapshot(record))
+        return self.encode_snapshot(self._now(record))  # encoded at once: nothing to copy
+
+    def _now(self, record: SupernovaRecord) -> Any:
+        """What ``snapshot`` takes, without the copies: for encoding before the record changes."""
+        return (
+            record.entity_id,
+            self._fixed_type(**record.fixed),
+            [record.items[n] for n in self.repeated],
+            record.lifetime,
+            record.last_ts,
+            record.duplicates,
+            record.offset,
+            record.fixed_ids,
+        )
 
     def snapshot(self, record: SupernovaRecord) -> Any:
         """The record's serialisable state as of now, for ``encode_snapshot`` later.
@@ -286,16 +299,7 @@ class RecordCodec:
         wrote on the record (``record.stored``).
         """
         if snapshot is None:
-            snapshot = (
-                record.entity_id,
-                self._fixed_type(**record.fixed),
-                [record.items[n] for n in self.repeated],
-                record.lifetime,
-                record.last_ts,
-                record.duplicates,
-                record.offset,
-                record.fixed_ids,
-            )
+            snapshot = self._now(record)
         entity_id, fixed, all_items, lifetime, last_ts, duplicates, offset, fixed_ids = snapshot
         prev = record.stored
         writes = (prev.writes if prev is not None else 0) + 1
