@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MB = 1 << 20
 DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions together
+DEFAULT_REPLAY_CACHE_MB = 1024  # a replay process's records in memory (0: no bound)
 RECORD_BYTES = 5_500  # the record object, its dicts, fixed attributes, lifetime stats, windows
 ITEM_BYTES = 144  # ts, event id, prefix sums, allocator slack
 # Ids as text: a list slot, a set entry (~60 B, measured as above with ids "hex-k")

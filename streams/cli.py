@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entities.spec import SpecError, load_spec
-from streams.cache import DEFAULT_CACHE_MB
+from streams.cache import DEFAULT_CACHE_MB, DEFAULT_REPLAY_CACHE_MB
 from streams.sources import Rejected
 
 if TYPE_CHECKING:
@@ -58,8 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--cache-mb",
         type=float,
+        default=DEFAULT_REPLAY_CACHE_MB,
         help="keep at most this many MB of records in memory (per process), the rest in a RocksDB "
-        "beside the output (for populations larger than memory; same output; default: all in memory)",
+        f"beside the output (populations larger than memory; same output; default {DEFAULT_REPLAY_CACHE_MB}, "
+        "0: all in memory)",
     )
     split = p.add_mutually_exclusive_group()
     split.add_argument(

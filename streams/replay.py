@@ -36,7 +36,7 @@ from entities.record import SupernovaRecord
 from entities.spec import Spec, load_spec
 from models.dataset import schema_metadata
 from streams.adapters import AdapterRef, require_adapter, resolve_adapter
-from streams.cache import MB, RecordCache
+from streams.cache import DEFAULT_REPLAY_CACHE_MB, MB, RecordCache
 from streams.history import History
 from streams.shards import META_SHARD, POSITION, Shard, ShardError, check_jobs
 from streams.sources import Block, Rejected, is_csv
@@ -308,15 +308,15 @@ def replay(
     on_progress: Callable[[int], None] | None = None,
     adapter: AdapterRef = None,
     warmup: Sequence[Path] = (),
-    cache_mb: float | None = None,
+    cache_mb: float | None = DEFAULT_REPLAY_CACHE_MB,
     jobs: int = 1,
     shard: Shard | None = None,
 ) -> ReplaySummary:
     """Replay ``input_path`` and write Parquet; return the summary.
 
-    ``cache_mb``: keep at most that many MB of records in memory, the rest in a
-    RocksDB beside the output (streams.cache), for populations larger than memory;
-    None keeps every record in memory. The output is the same either way.
+    ``cache_mb``: keep at most that many MB of records in memory (per process), the
+    rest in a RocksDB beside the output (streams.cache), made only once a record has
+    to leave; None or 0 keeps every record in memory. The output is the same either way.
 
     ``warmup`` files come first in the same history (merged by ts, see
     streams.history): they update records but give no output rows.
@@ -408,10 +408,19 @@ def _gc_tuned() -> Iterator[None]:
 
 
 class _Spilled:
-    """Replay's records beyond ``--cache-mb``: a RocksDB that evicted records go to."""
+    """Replay's records beyond ``--cache-mb``: a RocksDB that evicted records go to.
 
-    def __init__(self, engine: Engine, cache: RecordCache, store: PartitionStore) -> None:
-        self.engine, self.cache, self.store = engine, cache, store
+    The store is created on the first eviction, so a population within the budget
+    never touches the disk.
+    """
+
+    def __init__(self, engine: Engine, budget: int, spill_dir: Path) -> None:
+        self.engine, self.spill_dir = engine, spill_dir
+        self.store: PartitionStore | None = None
+        self.cache = RecordCache(engine.spec, engine.codec, self._get_many, budget)
+
+    def _get_many(self, entity_ids: list[str]) -> list[bytes | None]:
+        return [None] * len(entity_ids) if self.store is None else self.store.get_many(entity_ids)
 
     def process(self, batch: list[Event]) -> BatchResult:
         """``Engine.process`` with the batch's records loaded first and the cache trimmed after."""
@@ -423,30 +432,41 @@ class _Spilled:
 
     def write(self, records: list[tuple[str, SupernovaRecord]]) -> None:
         """Persist records leaving the cache."""
+        if self.store is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            self.store = PartitionStore(
+                Path(tempfile.mkdtemp(prefix=".supernova-records-", dir=self.spill_dir))
+            )
+            log.info("records beyond --cache-mb %.0f go to %s", self.cache.budget / MB, self.store.path)
         encode = self.engine.codec.encode
         self.store.commit([(eid, encode(rec)) for eid, rec in records], None, None)
 
     def entities(self) -> int:
         """Entities seen: every cached record written, then the store's count."""
+        if self.store is None:
+            return len(self.cache.records)
         self.write(list(self.cache.records.items()))
         return self.store.count_records()
+
+    def close(self) -> None:
+        """Delete the store, if one was made."""
+        if self.store is not None:
+            self.store.destroy()
 
 
 @contextmanager
 def _records(spec: Spec, cache_mb: float | None, spill_dir: Path) -> Iterator[tuple[Engine, _Spilled | None]]:
-    """An engine whose records are all in memory, or a bounded cache over a spill store."""
-    if cache_mb is None:
-        yield Engine(spec), None
+    """An engine with every record in memory (``cache_mb`` None or 0), or a bounded cache over a spill store."""
+    engine = Engine(spec)
+    if not cache_mb:
+        yield engine, None
         return
-    spill_dir.mkdir(parents=True, exist_ok=True)
-    store = PartitionStore(Path(tempfile.mkdtemp(prefix=".supernova-records-", dir=spill_dir)))
+    spilled = _Spilled(engine, int(cache_mb * MB), spill_dir)
+    engine.records = spilled.cache.records
     try:
-        engine = Engine(spec)
-        cache = RecordCache(spec, engine.codec, store.get_many, int(cache_mb * MB))
-        engine.records = cache.records
-        yield engine, _Spilled(engine, cache, store)
+        yield engine, spilled
     finally:
-        store.destroy()
+        spilled.close()
 
 
 def _run(

@@ -113,7 +113,9 @@ def test_replay_with_a_cache_far_smaller_than_the_population_gives_the_same_outp
     header, lines = sample_lines(n=12_000)
     warmup = [write_csv(tmp_path / "warmup.csv.gz", header, lines[:warmup_rows])] if warmup_rows else []
     data = write_csv(tmp_path / "input.csv.gz", header, lines[warmup_rows:])
-    want = replay(SPEC, data, adapter=ADAPTER, features_out=tmp_path / "all.parquet", warmup=warmup)
+    want = replay(
+        SPEC, data, adapter=ADAPTER, features_out=tmp_path / "all.parquet", warmup=warmup, cache_mb=0
+    )
     got = replay(
         SPEC,
         data,
@@ -128,3 +130,20 @@ def test_replay_with_a_cache_far_smaller_than_the_population_gives_the_same_outp
     assert cached.schema.metadata == uncached.schema.metadata
     pd.testing.assert_frame_equal(cached.to_pandas(), uncached.to_pandas(), check_exact=True)
     assert not list(tmp_path.glob(".supernova-records-*"))  # the spill store is gone
+
+
+def test_replay_within_its_default_budget_makes_no_spill_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default --cache-mb bounds replay's memory; a population under it never touches RocksDB."""
+
+    def refuse(path: Path) -> None:
+        raise AssertionError(f"a spill store was made at {path}")
+
+    monkeypatch.setattr("streams.replay.PartitionStore", refuse)
+    header, lines = sample_lines(n=2_000)
+    data = write_csv(tmp_path / "input.csv.gz", header, lines)
+    got = replay(SPEC, data, adapter=ADAPTER, features_out=tmp_path / "f.parquet")
+    assert got.scored > 1_000 and got.entities > 100
+    with pytest.raises(AssertionError, match="spill store"):  # and one is made once records must leave
+        replay(SPEC, data, adapter=ADAPTER, features_out=tmp_path / "g.parquet", cache_mb=0.05)
