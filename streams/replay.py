@@ -456,7 +456,7 @@ class _Spilled:
 
 @contextmanager
 def _records(spec: Spec, cache_mb: float | None, spill_dir: Path) -> Iterator[tuple[Engine, _Spilled | None]]:
-    """An engine with every record in memory (``cache_mb`` None or 0), or a bounded cache over a spill store."""
+    """An engine with all records in memory (``cache_mb`` None or 0), or a cache over a spill store."""
     engine = Engine(spec)
     if not cache_mb:
         yield engine, None
