@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -108,7 +109,7 @@ def test_fill_from_columns_gives_the_state_of_adding_item_by_item(
     n = len(columns)
     lo = data.draw(st.integers(0, n))
     hi = data.draw(st.integers(lo, n))
-    makers = [
+    makers: list[Callable[[], Any]] = [
         lambda: Extreme(3, True),  # amt, NaN included
         lambda: Extreme(3, False),
         lambda: Counter(2),  # merchant
