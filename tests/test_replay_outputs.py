@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -120,3 +121,50 @@ def test_json_lines_of_wire_events_need_no_adapter(spec: Spec, tmp_path: Path) -
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "from-jsonl.parquet"), pd.read_parquet(tmp_path / "from-csv.parquet")
     )
+
+
+def test_the_sparkov_adapter_sends_a_profile_on_a_card_s_first_row_and_on_each_change(
+    spec: Spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Profiles are remembered as hashes, within a bound: past it, a card's profile is sent again."""
+    from entities.events import EventCodec
+
+    mapping_type: Any = load_adapter(ADAPTER)
+    module = __import__(mapping_type.__module__)
+    fields = (*mapping_type.columns, mapping_type.ts_column)
+    base = dict.fromkeys(fields, "x") | {
+        "cc_num": "4000",
+        "is_fraud": "0",
+        "amt": "1.5",
+        "merch_lat": "34.0",
+        "merch_long": "-81.0",
+        "lat": "34.0",
+        "long": "-81.0",
+        "city_pop": "10",
+        "dob": "1970-01-01",
+    }
+    rows = [
+        base | {"trans_num": "t1"},
+        base | {"trans_num": "t2"},  # same profile: no profile event
+        base | {"trans_num": "t3", "street": "1 New Road"},  # moved: one profile event
+        base | {"trans_num": "t4", "street": "1 New Road"},
+        base | {"trans_num": "t5", "cc_num": "4001"},  # another card: its first profile
+        base | {"trans_num": "t6", "street": "1 New Road"},
+    ]
+
+    def types(mapping: object, limit: int | None = None) -> list[str]:
+        if limit is not None:
+            monkeypatch.setattr(module, "MAX_PROFILES", limit)
+        out: list[object] = []
+        cols = {f: [r[f] for r in rows] for f in fields}
+        mapping.map_rows(cols, list(range(len(rows))), out, lambda i, err: pytest.fail(str(err)))  # type: ignore[attr-defined]
+        return [f"{e.type}:{e.entity_id}" for e in out]  # type: ignore[attr-defined]
+
+    sent = types(mapping_type(EventCodec(spec)))
+    assert sent == [
+        "profile:4000", "transaction:4000", "transaction:4000",
+        "profile:4000", "transaction:4000", "transaction:4000",
+        "profile:4001", "transaction:4001", "transaction:4000",
+    ]  # fmt: skip
+    # With room for one card, card 4001 makes 4000 forgotten: its next row sends it again.
+    assert types(mapping_type(EventCodec(spec)), limit=1).count("profile:4000") == 3

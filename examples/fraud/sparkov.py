@@ -29,10 +29,19 @@ PROFILE_FIELDS = (
 TXN_FIELDS = ("merchant", "category", "amt", "merch_lat", "merch_long")
 LABELS = {"0": 0.0, "1": 1.0, 0: 0.0, 1: 1.0}
 MAX_CACHED_IDS = 1 << 20  # card number spellings remembered (bounds memory on huge inputs)
+# Cards whose last profile is remembered. Beyond, all are forgotten and each card's next
+# row sends its profile again: the same values, harmless to the record.
+MAX_PROFILES = 1 << 22
 
 
 class SparkovMapping:
-    """Stateful row mapper: remembers each card's last profile to emit changes only."""
+    """Stateful row mapper: remembers each card's last profile to emit changes only.
+
+    A profile is remembered as its hash (~130 bytes a card instead of ~1 KB for the
+    tuple of its twelve fields): on millions of cards the tuples were most of a
+    replay's memory. Two consecutive profiles of one card with equal 64-bit hashes
+    would hide the change; the odds are ~2**-64 per change.
+    """
 
     ts_column = "trans_date_trans_time"
     ts_format = "%Y-%m-%d %H:%M:%S"
@@ -40,7 +49,7 @@ class SparkovMapping:
 
     def __init__(self, codec: EventCodec) -> None:
         self.codec = codec
-        self.profiles: dict[str, tuple[Any, ...]] = {}
+        self.profiles: dict[str, int] = {}  # entity id -> hash of its last profile
         self._entity_ids: dict[Any, str] = {}  # cc_num as written -> entity_id
 
     def events(self, cols: dict[str, Sequence[Any]], i: int, ts: int) -> tuple[Event, ...]:
@@ -55,10 +64,12 @@ class SparkovMapping:
             "transaction", event_id, entity_id, ts, {f: cols[f][i] for f in TXN_FIELDS}, label
         )
         profile = tuple(cols[f][i] for f in PROFILE_FIELDS)
-        if self.profiles.get(entity_id) != profile:
+        if self.profiles.get(entity_id) != hash(profile):
             attrs = dict(zip(PROFILE_FIELDS, profile, strict=True))
             event = self.codec.build("profile", f"{event_id}:profile", entity_id, ts, attrs)
-            self.profiles[entity_id] = profile
+            if len(self.profiles) >= MAX_PROFILES:
+                self.profiles.clear()
+            self.profiles[entity_id] = hash(profile)
             return event, txn
         return (txn,)
 
@@ -101,7 +112,7 @@ class SparkovMapping:
                 or label is None
                 or attrs is None
                 or not event_id
-                or profiles.get(entity_id) != profile
+                or profiles.get(entity_id) != hash(profile)
             ):
                 # Unseen spelling of a card number, a bad value or a profile change.
                 try:
