@@ -227,7 +227,11 @@ class Extreme:
 
     def add(self, item: Item, seq: int = 0) -> None:
         """Add the newest item; older items it dominates can never be the extreme again."""
-        dq, v = self.dq, item[self.idx]
+        self.push(item[self.idx], seq)
+
+    def push(self, v: Any, seq: int) -> None:
+        """Add the newest item's value ``v``."""
+        dq = self.dq
         if self.largest:
             while dq and dq[-1][0] <= v:
                 dq.pop()
@@ -243,17 +247,10 @@ class Extreme:
 
     def fill(self, items: Any, lo: int, hi: int) -> None:
         """The queue ``add`` leaves after items ``lo`` to ``hi`` (numbered from ``items.dropped + lo``)."""
-        dq: list[tuple[Any, int]] = []
-        largest = self.largest
+        self.dq = []
+        push = self.push
         for seq, v in enumerate(items.column(self.idx)[lo:hi], items.dropped + lo):
-            if largest:
-                while dq and dq[-1][0] <= v:
-                    dq.pop()
-            else:
-                while dq and dq[-1][0] >= v:
-                    dq.pop()
-            dq.append((v, seq))
-        self.dq = dq
+            push(v, seq)
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}q``, the queue, for ``emit_remove``."""
