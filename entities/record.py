@@ -368,12 +368,18 @@ class RecordCodec:
 
     def segment_keys(self, data: bytes) -> list[bytes]:
         """Keys of the segments a stored head lists, in order ([] for whole records and bad bytes)."""
+        return self.listed_segments(data) or []
+
+    def listed_segments(self, data: bytes) -> list[bytes] | None:
+        """Keys of the segments a stored head lists; [] for a whole record; None for bytes not a record."""
+        if len(data) > 1 and data[0] == 0x9A and data[1] == SCHEMA_VERSION:
+            return []  # a whole record (version 2) lists no segments
         if not (len(data) > 1 and data[0] == 0x9B and data[1] == HEAD_VERSION):
-            return []
+            return None
         try:
             head = self._decoders[HEAD_VERSION].decode(data)
         except msgspec.MsgspecError:
-            return []
+            return None
         return [segment_key(head.entity_id, i, b, w) for i, segs in enumerate(head.segments) for b, w in segs]
 
     def _assemble(self, head: Any, segments: Sequence[bytes | None]) -> SupernovaRecord:

@@ -41,11 +41,13 @@ async def restore(
     store: PartitionStore,
     kafka: dict[str, Any],
     check: Callable[[Iterable[bytes | None]], None] | None = None,
+    listed: Callable[[bytes], list[bytes] | None] | None = None,
 ) -> Restored:
     """Catch ``store`` up with changelog partition ``partition``.
 
     ``check`` sees each batch of record bytes (segments left out) before they are stored, and may refuse
-    them by raising (streams.layout).
+    them by raising (streams.layout). ``listed`` (``RecordCodec.listed_segments``): once
+    messages were restored, the segments no head lists are deleted (``PartitionStore.sweep_segments``).
     """
     async with ChangelogReader(bootstrap, kafka) as reader:
         end = await reader.end_offset(topic, partition)
@@ -67,4 +69,11 @@ async def restore(
         store.commit((), None, end)
         if restored:
             log.info("restored %d changelog messages of partition %d from the changelog", restored, partition)
+            swept = store.sweep_segments(listed) if listed is not None else 0
+            if swept:
+                log.warning(
+                    "partition %d: deleted %d segments no record lists (a checkpoint cut short by a crash)",
+                    partition,
+                    swept,
+                )
         return Restored(restored, resume, end)

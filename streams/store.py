@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from entities.record import segment_prefix
+from entities.record import SEGMENT_PREFIX, segment_prefix
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,37 @@ class PartitionStore:
             wb.put(_QUARANTINE + cast(bytes, key), value)
             wb.delete(key)
         self.db.write(wb)
+
+    def sweep_segments(self, listed: Callable[[bytes], list[bytes] | None]) -> int:
+        """Delete the segments their entity's head does not list; return how many.
+
+        A crash can cut a checkpoint's changelog messages after a head and before the
+        deletes of the segments it replaced: a restore then brings those back, and no
+        later checkpoint deletes them (each deletes what the head before it listed).
+        ``listed(head)`` gives the keys a head lists, or None for bytes that are not a
+        record: the segments of such an entity are left for ``quarantine``.
+        """
+        wb = WriteBatch(raw_mode=True)
+        swept = 0
+        entity: bytes | None = None
+        keep: set[bytes] | None = None
+        start = len(SEGMENT_PREFIX)
+        for key in self.db.keys(from_key=SEGMENT_PREFIX):
+            key = cast(bytes, key)
+            if not key.startswith(SEGMENT_PREFIX):
+                break
+            eid = key[start + 2 : start + 2 + int.from_bytes(key[start : start + 2], "big")]
+            if eid != entity:
+                entity = eid
+                head = self.db.get(eid)
+                keys = listed(head) if head is not None else []
+                keep = None if keys is None else set(keys)
+            if keep is not None and key not in keep:
+                wb.delete(key)
+                swept += 1
+        if swept:
+            self.db.write(wb)
+        return swept
 
     def close(self) -> None:
         """Flush and close the database."""

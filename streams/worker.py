@@ -153,7 +153,8 @@ class BatchWorker:
         # Issue 18: the partitioner contract and records of another layout.
         self.routing = Routing(cfg.partitions)
         self._partitions_checked = 0.0
-        self.layout = LayoutCheck(RecordCodec(spec))
+        self.record_codec = RecordCodec(spec)  # the stored format: layout checks, segment sweeps
+        self.layout = LayoutCheck(self.record_codec)
         self.fatal: str | None = None  # why the worker refuses to go on (it stops)
         # Issue 23: outputs are partitioned by key (murmur2) with their topic's own count.
         self.emitter = Emitter(
@@ -415,6 +416,7 @@ class BatchWorker:
             store,
             self.cfg.kafka,
             check=lambda records: self.layout.check(records, where),
+            listed=self.record_codec.listed_segments,
         )
         self.layout.check(store.some_records(8), f"the store {store.path}")
         return restored

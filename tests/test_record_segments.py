@@ -100,13 +100,30 @@ def test_a_changelog_cut_inside_a_checkpoint_reads_back_each_record_before_or_af
     codec, written, before, after = _checkpoints(sample_events)
     head = [kv for checkpoint in written[:-1] for kv in checkpoint]
     rng = random.Random(19)
-    for n, cut in enumerate(sorted(rng.sample(range(len(written[-1])), 5))):
+    cuts = sorted(rng.sample(range(len(written[-1])), 5))
+    # A cut between a head and the deletes after it leaves segments no head lists.
+    last = written[-1]
+    cuts.append(
+        next(i + 1 for i in range(len(last) - 1) if last[i][1] is not None and last[i + 1][1] is None)
+    )
+    orphaned = 0
+    for n, cut in enumerate(cuts):
         store = _store(tmp_path / f"cut{n}", head + written[-1][:cut])
         got = _read_all(store, codec, list(after))  # every head finds its segments
         assert before.keys() <= got.keys() <= after.keys()  # a new card: there once its head is
         for eid, data in got.items():
             assert data in (before.get(eid), after[eid]), eid
+        # What a restore does last: delete the segments no head lists, and nothing else.
+        listed = {k for eid in after for k in codec.segment_keys(store.get_many([eid])[0] or b"")}
+        stored = {cast(bytes, k) for k in store.db.keys(from_key=SEGMENT_PREFIX)}
+        stored = {k for k in stored if k.startswith(SEGMENT_PREFIX)}
+        assert store.sweep_segments(codec.listed_segments) == len(stored - listed)
+        orphaned += len(stored - listed)
+        left = {cast(bytes, k) for k in store.db.keys(from_key=SEGMENT_PREFIX)}
+        assert {k for k in left if k.startswith(SEGMENT_PREFIX)} == listed
+        assert _read_all(store, codec, list(after)) == got
         store.close()
+    assert orphaned  # that cut did leave some
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,17 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from entities.engine import Engine
+from entities.events import EventCodec
+from entities.record import SEGMENT_PREFIX
+from entities.spec import load_spec
 from streams import changelog_reader, recovery
 from streams import messages as msg
 from streams.kafka_io import CHANGELOG_CONFIG
 from streams.store import PartitionStore
 
 pytestmark = pytest.mark.kafka
+FRAUD_SPEC = Path(__file__).resolve().parents[1] / "examples" / "fraud" / "spec.py"
 
 
 def _headers(start: int) -> list[tuple[str, bytes]]:
@@ -145,6 +150,49 @@ def test_a_restore_cut_short_goes_on_from_the_offset_it_stored(
         restored = await recovery.restore(kafka_broker.bootstrap, topic, 0, store, {})
         assert _stored(store) == {k: v for k, v in want.items() if v is not None}
         assert restored.records < 600
+        store.close()
+
+    asyncio.run(run())
+
+
+def test_a_restore_deletes_the_segments_a_checkpoint_cut_by_a_crash_left_unlisted(
+    kafka_broker, tmp_path: Path
+) -> None:
+    """A card's checkpoints on the changelog, the last cut after its head: its deletes never sent."""
+    spec = load_spec(FRAUD_SPEC)
+    engine, events = Engine(spec), EventCodec(spec)
+    codec = engine.codec
+    attrs = {"merchant": "m", "category": "c", "amt": 1.5, "merch_lat": 34.0, "merch_long": -81.0}
+    messages: list[tuple[bytes, bytes | None]] = []
+    for n in range(40):  # a transaction a day: segments fill, then retention drops the oldest
+        engine.process(
+            [events.build("transaction", f"{n:032x}", "c1", 1_592_741_642_000 + n * 86_400_000, attrs)]
+        )
+        parts = codec.encode_parts(engine.records["c1"])
+        if n == 39:
+            deletes = [kv for kv in parts if kv[1] is None]
+            assert deletes  # this checkpoint replaced segments
+            parts = parts[: -len(deletes)]
+        messages += parts
+
+    async def run() -> None:
+        topic = await _topic(kafka_broker.bootstrap)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send(topic, value, key=key, partition=0, headers=_headers(0))
+            await producer.flush()
+        finally:
+            await producer.stop()
+        store = PartitionStore(tmp_path / "s")
+        await recovery.restore(kafka_broker.bootstrap, topic, 0, store, {}, listed=codec.listed_segments)
+        head = store.get_many(["c1"])[0]
+        assert head is not None
+        keys = [bytes(k) for k in store.db.keys(from_key=SEGMENT_PREFIX)]  # type: ignore[arg-type]
+        assert {k for k in keys if k.startswith(SEGMENT_PREFIX)} == set(codec.segment_keys(head))
+        restored = codec.decode(head, store.get_raw(codec.segment_keys(head)))
+        assert codec.encode(restored) == codec.encode(engine.records["c1"])
         store.close()
 
     asyncio.run(run())
