@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from entities.spec import SpecError, load_spec
+from streams import messages as msg
 from streams.cache import DEFAULT_CACHE_MB, DEFAULT_REPLAY_CACHE_MB
 from streams.sources import Rejected
 
@@ -505,13 +506,25 @@ def _refusals(topics: dict[str, str]) -> Iterator[None]:
 def _tail(args: argparse.Namespace) -> int:
     import asyncio
 
-    def show(rec: Any) -> None:
-        print(rec.value.decode(errors="replace"), flush=True)
-
     kafka = _kafka_config(args)
     with contextlib.suppress(KeyboardInterrupt), _refusals({args.topic: "Read on the topic"}):
-        asyncio.run(tail_topic(args.bootstrap, args.topic, show, args.from_beginning, args.limit, kafka))
+        asyncio.run(
+            tail_topic(args.bootstrap, args.topic, show_message, args.from_beginning, args.limit, kafka)
+        )
     return 0
+
+
+def show_message(rec: Any) -> None:
+    """A tailed message's value on stdout; a dead letter's source and reason before it, on stderr.
+
+    stdout stays one value per line (for jq and the like); the reason is for the reader.
+    """
+    headers = dict(rec.headers or ())
+    reason = headers.get(msg.DLQ_REASON)
+    if reason is not None:
+        source = headers.get(msg.DLQ_SOURCE, b"?").decode(errors="replace")
+        print(f"# dead letter from {source}: {reason.decode(errors='replace')}", file=sys.stderr, flush=True)
+    print(rec.value.decode(errors="replace") if rec.value is not None else "null", flush=True)
 
 
 async def tail_topic(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,3 +27,21 @@ def test_features_struct_encodes_like_the_dict(row: list[float]) -> None:
     assert decoded is not None and list(decoded) == NAMES
     for name, x in zip(NAMES, row, strict=True):
         assert decoded[name] == (None if not math.isfinite(x) else x)
+
+
+def test_tail_shows_a_dead_letter_s_source_and_reason_on_stderr_and_the_value_alone_on_stdout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from streams.cli import show_message
+
+    letter = SimpleNamespace(
+        value=b'{"bad": 1}',
+        headers=[(msg.DLQ_REASON, b"event_id: missing"), (msg.DLQ_SOURCE, b"events/3/42")],
+    )
+    show_message(letter)
+    show_message(SimpleNamespace(value=b'{"score": 0.5}', headers=[]))
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ['{"bad": 1}', '{"score": 0.5}']
+    assert err.splitlines() == ["# dead letter from events/3/42: event_id: missing"]
