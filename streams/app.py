@@ -23,6 +23,7 @@ import faust
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from streams import lookup
 from streams.security import authorized, refusal
 from streams.worker import BatchWorker, WorkerConfig
 
@@ -148,9 +149,9 @@ def create_app(
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        found = worker.entity(entity_id)
+        found = lookup.entity(worker, entity_id)
         if found is None:
-            return web.json({"error": worker.not_found(entity_id)}, status=404)
+            return web.json({"error": lookup.not_found(worker, entity_id)}, status=404)
         return web.json(found)
 
     if on_timer is not None:

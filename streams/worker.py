@@ -16,7 +16,8 @@ named parts, each in its own module:
   its store (``RecordCache``) and the last scores.
 
 No per-event await, no per-event RocksDB write, no per-event changelog message.
-This module holds the loop, the clients, partition assignment and the HTTP queries.
+This module holds the loop, the clients and partition assignment; ``streams/lookup.py``
+answers the HTTP queries about one entity.
 
 After a crash the worker resumes at the last checkpoint (or, from the changelog,
 at the start of the last checkpoint it logged) and applies the events since then
@@ -42,7 +43,7 @@ from aiokafka.errors import KafkaError
 
 from entities.engine import Engine
 from entities.events import EventCodec
-from entities.record import RecordCodec, SupernovaRecord
+from entities.record import RecordCodec
 from entities.spec import Spec
 from models.scorer import Scorer
 from streams.apply import apply
@@ -51,9 +52,8 @@ from streams.checkpoint import Checkpointer
 from streams.emit import Emitter, Scored
 from streams.kafka_io import DEFAULT_PARTITIONS, MAX_PRODUCER_BATCH, Message
 from streams.layout import LayoutCheck, LayoutMismatch
-from streams.partitioning import MISROUTED_HINT, Routing
+from streams.partitioning import Routing
 from streams.recovery import Restored, restore
-from streams.security import shown_fixed
 from streams.sequencing import decode, in_sequence
 from streams.state import Partition
 from streams.store import PartitionStore
@@ -433,64 +433,6 @@ class BatchWorker:
             del self.parts[part.tp.partition]
             part.store.close()
         self._share_cache()
-
-    # --- queries (HTTP) ------------------------------------------------------------------
-
-    def entity(self, entity_id: str) -> dict[str, Any] | None:
-        """What the worker knows of an entity: in the partition its key hashes to, else any held here.
-
-        An entity found elsewhere arrived there: its producer partitions differently.
-        """
-        p = self.routing.partition(entity_id.encode())
-        found = self._held(entity_id, p)
-        if found is None:
-            return None
-        part, record = found
-        last = part.last.get(entity_id, {})
-        where: dict[str, Any] = {"partition": part.tp.partition}
-        if part.tp.partition != p:
-            where["hashed_partition"] = p
-            where["misrouted"] = (
-                f"its events arrived on partition {part.tp.partition}, not {p}: {MISROUTED_HINT}"
-            )
-        return {
-            "entity_id": entity_id,
-            **where,
-            **shown_fixed(record.fixed, set() if self.cfg.expose_pii else self.spec.fixed.pii),
-            "repeated_sizes": record.sizes(),
-            "lifetime_count": {k: v.get("", [0])[0] for k, v in record.lifetime.items()},
-            "duplicates": record.duplicates,
-            # Per scored event type: the features and score of the entity's last event of that
-            # type, kept while its record is in memory (``--cache-mb``), like the record.
-            "in_memory": entity_id in part.cache.records,
-            "features": {  # without those that read personal fields (unless --expose-pii)
-                t: {
-                    name: x
-                    for name, x in zip(self.emitter.feature_names[t], v[2], strict=True)
-                    if name not in self.emitter.withheld[t]
-                }
-                for t, v in last.items()
-            },
-            "last_score": {t: {"score": v[0], "event_id": v[1]} for t, v in last.items()},
-        }
-
-    def _held(self, entity_id: str, hashed: int) -> tuple[Partition, SupernovaRecord] | None:
-        """The partition (the hashed one first) and record of an entity held here."""
-        order = sorted(self.parts, key=lambda q: q != hashed)
-        for q in order:
-            part = self.parts[q]
-            record = part.cache.peek(entity_id)
-            if record is not None:
-                return part, record
-        return None
-
-    def not_found(self, entity_id: str) -> str:
-        """Why ``entity`` found nothing: which partition would hold the entity, and whether it is here."""
-        p = self.routing.partition(entity_id.encode())
-        held = (
-            "held by this worker, which has no record of it" if p in self.parts else "held by another worker"
-        )
-        return f"entity {entity_id!r} not found on this worker: its key hashes to partition {p}, {held}"
 
 
 def tune_gc() -> None:
