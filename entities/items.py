@@ -26,6 +26,7 @@ item ``i`` for as long as it is retained (the running max/min keep those numbers
 from __future__ import annotations
 
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
@@ -61,7 +62,8 @@ class EventIds:
     def __init__(self) -> None:
         self.raw: bytearray | None = bytearray()  # 16 bytes an id while all are hex
         self.text: list[str] | None = None  # else the ids, and ``known`` for membership
-        self.known: set[str] | None = None
+        # How many times each text id is held: dropping one copy must not forget another.
+        self.known: Counter[str] | None = None
 
     def __len__(self) -> int:
         return len(self.text) if self.text is not None else len(self.raw) // 16  # type: ignore[arg-type]
@@ -101,7 +103,7 @@ class EventIds:
             self._to_text()
         assert self.text is not None and self.known is not None
         self.text.insert(i, event_id)
-        self.known.add(event_id)
+        self.known[event_id] += 1
 
     def append(self, event_id: str) -> None:
         """Append an id."""
@@ -113,7 +115,7 @@ class EventIds:
             self._to_text()
         assert self.text is not None and self.known is not None
         self.text.append(event_id)
-        self.known.add(event_id)
+        self.known[event_id] += 1
 
     def drop(self, k: int) -> None:
         """Drop the ``k`` oldest ids."""
@@ -121,8 +123,13 @@ class EventIds:
             del self.raw[: 16 * k]
             return
         assert self.text is not None and self.known is not None
+        known = self.known
         for event_id in self.text[:k]:
-            self.known.discard(event_id)
+            left = known[event_id] - 1
+            if left:
+                known[event_id] = left
+            else:
+                del known[event_id]
         del self.text[:k]
 
     def part(self, lo: int, hi: int) -> EventIds:
@@ -134,13 +141,13 @@ class EventIds:
             assert self.text is not None
             out.raw = None
             out.text = self.text[lo:hi]
-            out.known = set(out.text)
+            out.known = Counter(out.text)
         return out
 
     def _to_text(self) -> None:
         assert self.raw is not None
         self.text = [self.raw[i : i + 16].hex() for i in range(0, len(self.raw), 16)]
-        self.known = set(self.text)
+        self.known = Counter(self.text)
         self.raw = None
 
     @classmethod
@@ -150,7 +157,7 @@ class EventIds:
         if text is not None:
             out.raw = None
             out.text = text
-            out.known = set(text)
+            out.known = Counter(text)
         else:
             out.raw = bytearray(raw or b"")
         return out

@@ -36,7 +36,7 @@ DEFAULT_CACHE_MB = 512  # a worker's records in memory, all its partitions toget
 DEFAULT_REPLAY_CACHE_MB = 1024  # a replay process's records in memory (0: no bound)
 RECORD_BYTES = 5_500  # the record object, its dicts, fixed attributes, lifetime stats, windows
 ITEM_BYTES = 144  # ts, event id, prefix sums, allocator slack
-# Ids as text: a list slot, a set entry (~60 B, measured as above with ids "hex-k")
+# Ids as text: a list slot, an entry counting it (~60 B, measured as above with ids "hex-k")
 # and the id's own string, which the decoded event brought (~80 B for 32 characters).
 TEXT_ID_BYTES = 140
 FIELD_BYTES = {float: 8, int: 36, str: 8}  # a float array; an int list; interned text: a pointer
