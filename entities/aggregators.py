@@ -13,7 +13,8 @@ latter may use the locals the former binds.
 
 Some aggregators also have ``fill(items, lo, hi)``: the state ``add`` would reach
 over items ``lo`` to ``hi`` of an ``entities.items.Items``, read from its columns
-(counting in C where it can). Loading a record rebuilds its windows with it; the
+(counting in C where it can); it returns False, changing nothing, when the
+aggregator cannot be filled so. Loading a record rebuilds its windows with it; the
 others are rebuilt by ``add``.
 """
 
@@ -245,12 +246,13 @@ class Extreme:
         if self.dq and self.dq[0][1] == seq:
             del self.dq[0]
 
-    def fill(self, items: Any, lo: int, hi: int) -> None:
+    def fill(self, items: Any, lo: int, hi: int) -> bool:
         """The queue ``add`` leaves after items ``lo`` to ``hi`` (numbered from ``items.dropped + lo``)."""
         self.dq = []
         push = self.push
         for seq, v in enumerate(items.column(self.idx)[lo:hi], items.dropped + lo):
             push(v, seq)
+        return True
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}q``, the queue, for ``emit_remove``."""
@@ -299,9 +301,10 @@ class Counter:
         else:
             del self.counts[k]
 
-    def fill(self, items: Any, lo: int, hi: int) -> None:
+    def fill(self, items: Any, lo: int, hi: int) -> bool:
         """The counts of items ``lo`` to ``hi``, in first-seen order as ``add`` makes them."""
         self.counts = dict(collections.Counter(items.column(self.idx)[lo:hi]))
+        return True
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``; binds ``{var}c``, the counts, for ``emit_remove``."""
@@ -340,9 +343,10 @@ class Tally:
         """Uncount an item."""
         self.n -= 1
 
-    def fill(self, items: Any, lo: int, hi: int) -> None:
+    def fill(self, items: Any, lo: int, hi: int) -> bool:
         """The count of items ``lo`` to ``hi``."""
         self.n = hi - lo
+        return True
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)``."""
@@ -390,17 +394,15 @@ class Keyed:
         if not len(part):
             del self.parts[k]
 
-    def fill(self, items: Any, lo: int, hi: int) -> None:
-        """The parts ``add`` leaves after items ``lo`` to ``hi``: counted in C when they are tallies."""
-        if isinstance(self.idx, int) and self.make is Tally:
-            self.parts = {}
-            for k, n in collections.Counter(items.column(self.idx)[lo:hi]).items():
-                part = self.parts[k] = Tally()
-                part.n = n
-            return
+    def fill(self, items: Any, lo: int, hi: int) -> bool:
+        """The parts ``add`` leaves after items ``lo`` to ``hi``, counted in C; only when they are tallies."""
+        if not (isinstance(self.idx, int) and self.make is Tally):
+            return False
         self.parts = {}
-        for seq, item in enumerate(items.values(lo, hi), items.dropped + lo):
-            self.add(item, seq)
+        for k, n in collections.Counter(items.column(self.idx)[lo:hi]).items():
+            part = self.parts[k] = Tally()
+            part.n = n
+        return True
 
     def emit_add(self, var: str, it: Src) -> list[str]:
         """Inline source of ``var.add(item)`` (a call: filtered windows are rare)."""

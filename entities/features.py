@@ -133,7 +133,7 @@ class FeaturePlan:
     def _slice_groups(self, rp: AttributePlan, items: Items, t: int, hi: int) -> list[_Group]:
         """Window state of every window length over ``items[:hi]``, ending at ``t``.
 
-        Aggregators with a ``fill`` read the columns; the others get each item by ``add``.
+        Aggregators whose ``fill`` takes the columns read them; the others get each item by ``add``.
         """
         los = [bisect_right(items.ts, t - length, 0, hi) for length in rp.lengths]
         groups = []
@@ -143,9 +143,7 @@ class FeaturePlan:
             aggs = rp.make_aggs(g)
             by_add = []
             for agg in aggs:
-                if hasattr(agg, "fill"):
-                    agg.fill(items, lo, hi)
-                else:
+                if not (hasattr(agg, "fill") and agg.fill(items, lo, hi)):
                     by_add.append(agg)
             if by_add:
                 if rows is None:  # the item tuples once, for the widest window with aggregators

@@ -60,6 +60,26 @@ def segment_prefix(entity_id: str) -> bytes:
     return SEGMENT_PREFIX + len(eid).to_bytes(2, "big") + eid
 
 
+def segment_owner(key: bytes) -> bytes:
+    """The entity id (as bytes) of a segment key: its record's head key."""
+    at = len(SEGMENT_PREFIX)
+    return key[at + 2 : at + 2 + int.from_bytes(key[at : at + 2], "big")]
+
+
+def stored_version(data: bytes) -> int | None:
+    """The schema version stored bytes announce, else None.
+
+    A whole record (version 1 or 2) is a 10-element msgpack array whose first element is
+    its version; a head (version 3), an 11-element one.
+    """
+    if len(data) < 2:
+        return None
+    version, marker = data[1], data[0]
+    if (version == HEAD_VERSION and marker == 0x9B) or (version in (1, 2) and marker == 0x9A):
+        return version
+    return None
+
+
 def segment_key(entity_id: str, attr: int, bucket: int, written: int) -> bytes:
     """The key of one segment: entity, attribute index, time bucket, the write that made it."""
     return segment_prefix(entity_id) + _SEGMENT_ID.pack(attr, bucket, written)
@@ -372,10 +392,9 @@ class RecordCodec:
 
     def listed_segments(self, data: bytes) -> list[bytes] | None:
         """Keys of the segments a stored head lists; [] for a whole record; None for bytes not a record."""
-        if len(data) > 1 and data[0] == 0x9A and data[1] == SCHEMA_VERSION:
-            return []  # a whole record (version 2) lists no segments
-        if not (len(data) > 1 and data[0] == 0x9B and data[1] == HEAD_VERSION):
-            return None
+        version = stored_version(data)
+        if version != HEAD_VERSION:
+            return None if version is None else []  # a whole record lists no segments
         try:
             head = self._decoders[HEAD_VERSION].decode(data)
         except msgspec.MsgspecError:
@@ -436,11 +455,7 @@ class RecordCodec:
 
         A head (version 3) needs the values of the keys ``segment_keys`` gave for it.
         """
-        # A whole record is a 10-element msgpack array whose first element is its
-        # version; a head, an 11-element one.
-        version = data[1] if len(data) > 1 and data[0] in (0x9A, 0x9B) else None
-        if (version == HEAD_VERSION and data[0] != 0x9B) or (version in (1, 2) and data[0] != 0x9A):
-            version = None
+        version = stored_version(data)
         decoder = self._decoders.get(version)  # type: ignore[arg-type]
         try:
             if decoder is None:

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from entities.record import SEGMENT_PREFIX, segment_prefix
+from entities.record import SEGMENT_PREFIX, segment_owner, segment_prefix
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,11 @@ class PartitionStore:
         swept = 0
         entity: bytes | None = None
         keep: set[bytes] | None = None
-        start = len(SEGMENT_PREFIX)
         for key in self.db.keys(from_key=SEGMENT_PREFIX):
             key = cast(bytes, key)
             if not key.startswith(SEGMENT_PREFIX):
                 break
-            eid = key[start + 2 : start + 2 + int.from_bytes(key[start : start + 2], "big")]
+            eid = segment_owner(key)
             if eid != entity:
                 entity = eid
                 head = self.db.get(eid)
