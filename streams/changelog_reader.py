@@ -75,18 +75,9 @@ class ChangelogReader:
 
     async def end_offset(self, topic: str, partition: int) -> int:
         """The partition's last stable offset: what ``end_offsets`` gives a read_committed consumer."""
-        for attempt in range(RETRIES):
-            try:
-                node = await self._leader(topic, partition)
-                request = OffsetRequest(-1, READ_COMMITTED, [(topic, [(partition, LATEST)])])
-                response = await self.client.send(node, request)
-                ((_, parts),) = response.topics
-                ((_, code, *found),) = parts
-                _raise_for(code, topic)
-                return int(found[1])  # v1+: timestamp, offset[, leader epoch]
-            except _RETRIABLE as exc:
-                await self._retry_later(topic, attempt, exc)
-        raise AssertionError("unreachable")
+        request = OffsetRequest(-1, READ_COMMITTED, [(topic, [(partition, LATEST)])])
+        _, found = await self._send(topic, partition, request)
+        return int(found[1])  # v1+: timestamp, offset[, leader epoch]
 
     async def read(self, topic: str, partition: int, start: int, end: int) -> AsyncGenerator[Chunk, None]:
         """The committed messages at offsets ``start`` to ``end`` (excluded), a fetch response at a time."""
@@ -111,21 +102,29 @@ class ChangelogReader:
                     await pending
 
     async def _fetch(self, topic: str, partition: int, offset: int) -> tuple[int, Any]:
+        request = FetchRequest(
+            FETCH_WAIT_MS,
+            1,
+            FETCH_MAX_BYTES,
+            READ_COMMITTED,
+            [(topic, [(partition, offset, PARTITION_FETCH_BYTES)])],
+        )
+        response, _ = await self._send(topic, partition, request)
+        return response.API_VERSION, response
+
+    async def _send(self, topic: str, partition: int, request: Any) -> tuple[Any, list[Any]]:
+        """A one-partition request to its leader, retrying what a refreshed leader fixes.
+
+        Returns the response and its partition entry after the error code.
+        """
         for attempt in range(RETRIES):
             try:
                 node = await self._leader(topic, partition)
-                request = FetchRequest(
-                    FETCH_WAIT_MS,
-                    1,
-                    FETCH_MAX_BYTES,
-                    READ_COMMITTED,
-                    [(topic, [(partition, offset, PARTITION_FETCH_BYTES)])],
-                )
                 response = await self.client.send(node, request)
                 ((_, parts),) = response.topics
-                ((_, code, *_rest),) = parts
+                ((_, code, *rest),) = parts
                 _raise_for(code, topic)
-                return response.API_VERSION, response
+                return response, rest
             except _RETRIABLE as exc:
                 await self._retry_later(topic, attempt, exc)
         raise AssertionError("unreachable")
