@@ -64,12 +64,13 @@ class SparkovMapping:
             "transaction", event_id, entity_id, ts, {f: cols[f][i] for f in TXN_FIELDS}, label
         )
         profile = tuple(cols[f][i] for f in PROFILE_FIELDS)
-        if self.profiles.get(entity_id) != hash(profile):
+        seen = hash(profile)
+        if self.profiles.get(entity_id) != seen:
             attrs = dict(zip(PROFILE_FIELDS, profile, strict=True))
             event = self.codec.build("profile", f"{event_id}:profile", entity_id, ts, attrs)
             if len(self.profiles) >= MAX_PROFILES:
                 self.profiles.clear()
-            self.profiles[entity_id] = hash(profile)
+            self.profiles[entity_id] = seen
             return event, txn
         return (txn,)
 
