@@ -47,6 +47,12 @@ def add_topics_command(
     p.add_argument("--producer-principal", default="User:events-producer")
     p.add_argument("--reader-principal", default="User:scores-reader")
     p.add_argument("--reader-group", default="scores-reader", help="the scores reader's consumer group")
+    p.add_argument(
+        "--command-config",
+        metavar="FILE",
+        help="the admin's client properties for kafka-acls.sh (a secured cluster needs them): "
+        "added to each ACL line",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from streams.topics import topic_needs
@@ -82,7 +88,12 @@ def add_topics_command(
         print()
         print(
             acl_commands(
-                cfg, args.worker_principal, args.producer_principal, args.reader_principal, args.reader_group
+                cfg,
+                args.worker_principal,
+                args.producer_principal,
+                args.reader_principal,
+                args.reader_group,
+                args.command_config,
             )
         )
         return 0
@@ -103,12 +114,25 @@ def checked_topics(cfg: WorkerConfig, verbose: bool, create: bool) -> TopicLayou
         return None
 
 
-def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, reader_group: str) -> str:
-    """The minimal ACLs per principal, as ``kafka-acls.sh`` lines."""
+def acl_commands(
+    cfg: WorkerConfig,
+    worker: str,
+    producer: str,
+    reader: str,
+    reader_group: str,
+    command_config: str | None = None,
+) -> str:
+    """The minimal ACLs per principal, as ``kafka-acls.sh`` lines (``--command-config`` last, if given)."""
     from streams.topics import producer_acls, reader_acls, worker_acls
 
-    base = f"kafka-acls.sh --bootstrap-server {cfg.bootstrap} --add --allow-principal"
+    base = ["kafka-acls.sh", "--bootstrap-server", cfg.bootstrap, "--add", "--allow-principal"]
+    tail = ["--command-config", command_config] if command_config else []
     lines = []
+    if not tail and str(cfg.kafka.get("security_protocol", "PLAINTEXT")).upper() != "PLAINTEXT":
+        lines.append(
+            "# a secured cluster: kafka-acls.sh needs the admin's client properties too "
+            "(--command-config FILE; supernova topics --command-config FILE adds it to each line)"
+        )
     for header, principal, acls in (
         ("the worker", worker, worker_acls(cfg)),
         ("producers of events", producer, producer_acls(cfg)),
@@ -118,5 +142,5 @@ def acl_commands(cfg: WorkerConfig, worker: str, producer: str, reader: str, rea
         for acl in acls:
             if acl.note:
                 lines.append(f"# {acl.note}")
-            lines.append(shlex.join([*base.split(), principal, *acl.args()]))
+            lines.append(shlex.join([*base, principal, *acl.args(), *tail]))
     return "\n".join(lines)

@@ -7,6 +7,7 @@ scores) is in ``test_security_worker.py``.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +323,25 @@ def test_a_refused_topic_or_group_is_named_with_the_right_to_grant() -> None:
     line = refusal(TopicAuthorizationFailedError("elsewhere"), rights)  # not one of the worker's
     assert line is not None and line.startswith("Kafka refused access to a topic (")
     assert refusal(ValueError("no refusal")) is None
+
+
+def test_acl_lines_carry_the_admins_command_config_and_say_a_secured_cluster_needs_it() -> None:
+    """kafka-acls.sh on a secured cluster needs the admin's client properties: each line ends with them."""
+    from streams.cli_topics import acl_commands
+    from streams.worker import WorkerConfig
+
+    secured = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
+    for kafka, command_config, hint in (
+        ({}, None, False),
+        (secured, None, True),
+        (secured, "/etc/kafka/admin.properties", False),
+    ):
+        cfg = WorkerConfig(bootstrap="kafka1:9093", app_id="fraud", kafka=kafka)
+        out = acl_commands(cfg, "User:w", "User:p", "User:r", "r", command_config)
+        lines = [shlex.split(x) for x in out.splitlines() if x.startswith("kafka-acls.sh ")]
+        assert len(lines) >= 6 and all(w[5] in ("User:w", "User:p", "User:r") for w in lines)
+        if command_config:
+            assert all(w[-2:] == ["--command-config", command_config] for w in lines)
+        else:
+            assert not any("--command-config" in w for w in lines)
+        assert ("# a secured cluster: kafka-acls.sh needs" in out) is hint
