@@ -176,9 +176,12 @@ class Checkpointer:
         """Note the records changed since the last checkpoint; take the pending sends."""
         spans = []
         for part in self.parts.values():
-            if part.position <= part.checkpointed:
+            if part.position <= part.checkpointed and not part.orphans:
                 continue
             span = Span(part, part.checkpointed, part.position, part.store.batch())
+            # First: a record of this checkpoint may write a segment under a swept key again.
+            span.changed = [(key, None) for key in part.orphans]
+            part.orphans = []
             span.pending = dict.fromkeys(part.cache.take_changed())
             spans.append(span)
             part.checkpointed = part.position

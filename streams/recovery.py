@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from entities.record import SEGMENT_PREFIX
@@ -27,11 +27,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Restored:
-    """Outcome of a restore: messages copied (heads, segments, deletes), where to resume (None: none)."""
+    """Outcome of a restore: messages copied (heads, segments, deletes), where to resume (None: none).
+
+    ``orphans``: the segment keys swept because no head lists them, still on the changelog.
+    """
 
     records: int
     resume: int | None
     changelog_end: int
+    orphans: list[bytes] = field(default_factory=list)
 
 
 async def restore(
@@ -47,7 +51,8 @@ async def restore(
 
     ``check`` sees each batch of record bytes (segments left out) before they are stored, and may refuse
     them by raising (streams.layout). ``listed`` (``RecordCodec.listed_segments``): once
-    messages were restored, the segments no head lists are deleted (``PartitionStore.sweep_segments``).
+    messages were restored, the segments no head lists are deleted (``PartitionStore.sweep_segments``)
+    and returned as ``Restored.orphans``, for the next checkpoint to delete from the changelog.
     """
     async with ChangelogReader(bootstrap, kafka) as reader:
         end = await reader.end_offset(topic, partition)
@@ -69,11 +74,12 @@ async def restore(
         store.commit((), None, end)
         if restored:
             log.info("restored %d changelog messages of partition %d from the changelog", restored, partition)
-            swept = store.sweep_segments(listed) if listed is not None else 0
+            swept = store.sweep_segments(listed) if listed is not None else []
             if swept:
                 log.warning(
                     "partition %d: deleted %d segments no record lists (a checkpoint cut short by a crash)",
                     partition,
-                    swept,
+                    len(swept),
                 )
+            return Restored(restored, resume, end, swept)
         return Restored(restored, resume, end)

@@ -104,6 +104,9 @@ class Partition:
     # entity_id -> event type -> (score, event_id, feature row) of its last score of that type
     last: dict[str, dict[str, tuple[float, str, list[float]]]] = field(default_factory=dict)
     cache_bytes: int = DEFAULT_CACHE_MB * MB  # this partition's share of ``--cache-mb``
+    # Segment keys a restore swept from the store (``Restored.orphans``): the next
+    # checkpoint deletes them from the changelog, so that no later restore copies them.
+    orphans: list[bytes] = field(default_factory=list)
     cache: PartitionCache = field(init=False)
 
     def __post_init__(self) -> None:

@@ -125,17 +125,18 @@ class PartitionStore:
             wb.delete(key)
         self.db.write(wb)
 
-    def sweep_segments(self, listed: Callable[[bytes], list[bytes] | None]) -> int:
-        """Delete the segments their entity's head does not list; return how many.
+    def sweep_segments(self, listed: Callable[[bytes], list[bytes] | None]) -> list[bytes]:
+        """Delete the segments their entity's head does not list; return their keys.
 
         A crash can cut a checkpoint's changelog messages after a head and before the
         deletes of the segments it replaced: a restore then brings those back, and no
         later checkpoint deletes them (each deletes what the head before it listed).
         ``listed(head)`` gives the keys a head lists, or None for bytes that are not a
-        record: the segments of such an entity are left for ``quarantine``.
+        record: the segments of such an entity are left for ``quarantine``. The caller
+        deletes the keys from the changelog too (``Partition.orphans``).
         """
         wb = WriteBatch(raw_mode=True)
-        swept = 0
+        swept: list[bytes] = []
         entity: bytes | None = None
         keep: set[bytes] | None = None
         for key in self.db.keys(from_key=SEGMENT_PREFIX):
@@ -150,7 +151,7 @@ class PartitionStore:
                 keep = None if keys is None else set(keys)
             if keep is not None and key not in keep:
                 wb.delete(key)
-                swept += 1
+                swept.append(key)
         if swept:
             self.db.write(wb)
         return swept

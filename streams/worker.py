@@ -397,6 +397,7 @@ class BatchWorker:
                 resume = (await self.consumer.committed(tp)) or 0
             self.consumer.seek(tp, resume)
             part = Partition(tp, store, Engine(self.spec), resume, resume, restored.changelog_end)
+            part.orphans = restored.orphans
             self.parts[tp.partition] = part
             log.info("assigned %s-%d, resuming at %d", tp.topic, tp.partition, resume)
         self._share_cache()

@@ -186,7 +186,10 @@ def test_a_restore_deletes_the_segments_a_checkpoint_cut_by_a_crash_left_unliste
         finally:
             await producer.stop()
         store = PartitionStore(tmp_path / "s")
-        await recovery.restore(kafka_broker.bootstrap, topic, 0, store, {}, listed=codec.listed_segments)
+        got = await recovery.restore(
+            kafka_broker.bootstrap, topic, 0, store, {}, listed=codec.listed_segments
+        )
+        assert got.orphans == [key for key, _ in deletes]  # for the next checkpoint's changelog
         head = store.get_many(["c1"])[0]
         assert head is not None
         keys = [bytes(k) for k in store.db.keys(from_key=SEGMENT_PREFIX)]  # type: ignore[arg-type]

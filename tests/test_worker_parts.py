@@ -2,7 +2,8 @@
 
 The loop over them (``BatchWorker.process``) runs on the real broker in the other
 ``test_worker_*`` files; here each part gets the inputs that are hard to provoke
-there: fetches from the wrong position, replayed offsets, undecodable stored records.
+there: fetches from the wrong position, replayed offsets, undecodable stored records,
+segments a restore swept.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from streaming import ADAPTER, SAMPLE, SPEC
 
 from entities.engine import Engine
 from entities.events import Event
+from entities.record import segment_key
 from entities.spec import Spec
 from streams.cache import RECORD_BYTES
+from streams.checkpoint import Checkpointer
 from streams.kafka_io import Message
 from streams.produce import file_events
 from streams.sequencing import decode, in_sequence, not_yet_applied
@@ -148,3 +151,31 @@ def test_a_record_with_an_undecodable_segment_is_quarantined_whole(
     assert part.store.get_many([entity]) == [None] and part.store.get_raw(segments) == [None] * len(segments)
     quarantined = [cast(bytes, k) for k in part.store.db.keys(from_key=b"\x00quarantine\x00")]
     assert len([k for k in quarantined if k.startswith(b"\x00quarantine\x00")]) == 1 + len(segments)
+
+
+def test_the_first_checkpoint_after_a_restore_deletes_the_swept_segments_from_the_changelog(
+    part: Partition, events: list[Event]
+) -> None:
+    orphans = [segment_key("c1", 0, bucket, 7) for bucket in (3, 4)]
+    checkpointer = Checkpointer(cast(Any, None), {0: part}, cast(Any, None))
+    part.checkpointed = part.position
+    assert checkpointer.take() is None  # nothing applied, nothing swept: no checkpoint
+    part.orphans = list(orphans)
+    taken = checkpointer.take()  # nothing applied since the restore: the deletes alone
+    assert taken is not None and [s.changed for s in taken.spans] == [[(k, None) for k in orphans]]
+    assert part.orphans == [] and checkpointer.take() is None  # sent once
+    # With records changed too, the deletes go first: a record may write a swept key again.
+    part.orphans = list(orphans)
+    event = next(e for e in events if e.type == "transaction")
+    part.cache.load([event.entity_id])
+    part.cache.mark_changed(part.engine.process([event]).changed)
+    part.position += 1
+    taken = checkpointer.take()
+    assert taken is not None and taken.encode()
+    (span,) = taken.spans
+    assert span.changed[:2] == [(k, None) for k in orphans]
+    record = dict(span.changed[2:])  # the record's head and its new segment
+    head = record[event.entity_id.encode()]
+    assert len(record) == 2 and head is not None and None not in record.values()
+    codec = part.engine.codec
+    assert codec.decode(head, [record[k] for k in codec.segment_keys(head)]).sizes() == {"transactions": 1}
