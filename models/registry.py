@@ -139,16 +139,23 @@ class Registry:
         log.info("registered %s", target)
         return Entry(target, manifest)
 
-    def promote(self, ref: str | Path, role: str = "champion", spec: Spec | None = None) -> Entry:
+    def promote(
+        self, ref: str | Path, role: str = "champion", spec: Spec | None = None, force: bool = False
+    ) -> Entry:
         """Point ``role`` of the artifact's event type at it; with ``spec``, first check that it loads.
 
+        Without ``spec`` (or ``force``) an artifact trained on another spec than the
+        type's current pointers is refused: pointers are per event type, and two specs
+        may score the same type (a worker of the other spec would refuse the model).
         Promoting the current challenger to champion clears that type's challenger pointer.
         """
         _check_role(role)
         entry = self.find(ref)
+        event_type = _check_type(entry.manifest.event_type)
         if spec is not None:
             load(entry.path, spec)  # raises ArtifactError with the reason
-        event_type = _check_type(entry.manifest.event_type)
+        elif not force:
+            self._check_same_spec(entry, event_type)
         previous = self.pointer(role, event_type)
         pointer = {
             "role": role,
@@ -169,6 +176,19 @@ class Registry:
         log.info("%s of %s is now %s", role, event_type, entry.key)
         return entry
 
+    def _check_same_spec(self, entry: Entry, event_type: str) -> None:
+        """RegistryError if a pointer of ``event_type`` names a model of another spec than ``entry``'s."""
+        want = entry.manifest.spec_hash
+        for role in ROLES:
+            pointer = self.pointer(role, event_type)
+            if pointer is not None and pointer.get("spec_hash") not in (None, want):
+                raise RegistryError(
+                    f"the {role} of {event_type} is {pointer.get('artifact')}, trained on spec "
+                    f"{pointer.get('spec_hash')}; {entry.key} was trained on spec {want}, and workers "
+                    f"of the other spec would refuse it. Give --spec with the spec the workers run "
+                    f"(the model must load under it), or --force"
+                )
+
     def event_types(self) -> builtins.list[str]:
         """The event types that have a pointer, sorted."""
         base = self.root / POINTERS_DIR
@@ -176,10 +196,16 @@ class Registry:
             return []
         return sorted(d.name for d in base.iterdir() if d.is_dir() and any(d.glob("*.json")))
 
-    def clear(self, role: str, event_type: str | None = None) -> None:
-        """Remove a pointer (the challenger, typically); the type may be left out if only one has pointers."""
+    def clear(self, role: str, event_type: str | None = None) -> bool:
+        """Remove a pointer (the challenger, typically); whether there was one.
+
+        The type may be left out if only one has pointers.
+        """
         _check_role(role)
-        self._pointer_path(role, self._one_type(event_type)).unlink(missing_ok=True)
+        path = self._pointer_path(role, self._one_type(event_type))
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        return existed
 
     def pointer(self, role: str, event_type: str) -> dict[str, Any] | None:
         """The raw pointer JSON of ``role`` for ``event_type``, or None when unset."""

@@ -87,6 +87,11 @@ def add_model_commands(sub: Any) -> None:
     q.add_argument("ref", help="artifact directory name, version, or model name (its newest)")
     q.add_argument("--role", choices=("champion", "challenger"), default="champion")
     q.add_argument("--spec", type=Path, help="refuse unless the artifact loads under this spec")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="promote without --spec a model of another spec than the type's current pointers",
+    )
     q.set_defaults(run=_promote)
     q = msub.add_parser("clear", help="remove a pointer (e.g. the challenger)")
     q.add_argument("role", choices=("champion", "challenger"))
@@ -220,7 +225,7 @@ def _promote(args: argparse.Namespace) -> int:
     from models.registry import Registry
 
     spec = load_spec(args.spec) if args.spec else None
-    entry = Registry(args.registry).promote(args.ref, role=args.role, spec=spec)
+    entry = Registry(args.registry).promote(args.ref, role=args.role, spec=spec, force=args.force)
     print(f"{args.role} of {entry.manifest.event_type} -> {entry.key}")
     return 0
 
@@ -229,8 +234,8 @@ def _promote(args: argparse.Namespace) -> int:
 def _clear(args: argparse.Namespace) -> int:
     from models.registry import Registry
 
-    Registry(args.registry).clear(args.role, args.event_type)
-    print(f"cleared {args.role}")
+    had = Registry(args.registry).clear(args.role, args.event_type)
+    print(f"cleared {args.role}" if had else f"no {args.role} was set")
     return 0
 
 

@@ -113,6 +113,26 @@ def test_promote_with_a_spec_refuses_a_model_of_another_spec(
     assert registry.promote("v3", spec=spec).key == "fraud-v3"
 
 
+def test_a_model_of_another_spec_does_not_replace_a_pointer_without_spec_or_force(
+    registry: Registry, booster: lgb.Booster, spec: Spec
+) -> None:
+    """Two specs may score one event type: a promote must not silently hand its pointers to the other."""
+    registry.promote("v1")
+    registry.promote("v2", role="challenger")
+    other = dataclasses.replace(spec, allowed_lateness=hours(2))
+    _artifact(registry.root, booster, other, "v4", name="acct")
+    for role in ("champion", "challenger"):
+        with pytest.raises(RegistryError, match=r"the champion of transaction is fraud-v1, trained on spec"):
+            registry.promote("acct-v4", role=role)
+    with pytest.raises(ArtifactError, match="retrain"):  # --spec: the workers' spec decides
+        registry.promote("acct-v4", spec=spec)
+    assert registry.champion("transaction").key == "fraud-v1"  # type: ignore[union-attr]
+    assert registry.promote("acct-v4", spec=other).key == "acct-v4"
+    registry.promote("v3", force=True)
+    assert registry.champion("transaction").key == "fraud-v3"  # type: ignore[union-attr]
+    assert registry.clear("challenger") and not registry.clear("challenger")
+
+
 def test_register_copies_an_artifact_in_once(
     registry: Registry, booster: lgb.Booster, spec: Spec, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
