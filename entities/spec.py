@@ -596,6 +596,12 @@ def load_spec_module(path: str | Path) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
+    except SyntaxError as exc:  # one line: where, and what Python says
+        del sys.modules[name]
+        raise SpecError(f"{exc.filename or path}, line {exc.lineno}: {exc.msg}") from None
+    except ImportError as exc:
+        del sys.modules[name]
+        raise SpecError(f"{path}: {exc}") from None
     except BaseException:
         del sys.modules[name]  # a spec that failed to build is not cached half-made
         raise

@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_topics_command(sub, _kafka_args, _kafka_config)
 
     p = sub.add_parser("produce", help="publish a recorded file as events")
-    p.add_argument("--spec", type=Path, default=Path("examples/fraud/spec.py"))
+    p.add_argument(
+        "--spec", required=True, type=Path, help="feature spec module: the events are validated by it"
+    )
     p.add_argument("--input", required=True, type=Path, help="CSV(.gz) or JSON lines(.gz) of wire events")
     _adapter_arg(p)
     p.add_argument("--limit", type=int)
@@ -245,6 +247,13 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.scores_out and not args.model:
         raise SystemExit("--scores-out needs --model")
+    if not args.features_out and not args.scores_out:
+        print("error: nothing to write: give --features-out (and --scores-out with --model)", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in (args.input, *args.warmup) if not p.is_file()]
+    if missing:
+        print(f"error: no such input file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     shard = Shard.parse(args.shard) if args.shard is not None else None
     shown = 0
 
@@ -484,6 +493,9 @@ def _produce(args: argparse.Namespace) -> int:
             )
         )
     print(f"produced {sent:,} events to {args.topic}; rejected {rejected:,} rows")
+    if rejected and not sent:
+        print(f"error: every row was rejected: are they events of {args.spec}?", file=sys.stderr)
+        return 2
     return 0
 
 

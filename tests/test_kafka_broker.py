@@ -138,3 +138,24 @@ def test_data_and_offsets_survive_broker_sigkill(tmp_path: Path) -> None:
     finally:
         broker.stop()
     assert broker.pid is None
+
+
+def test_produce_with_the_wrong_spec_rejects_every_row_and_exits_2(
+    kafka_broker: KafkaBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Shop events validated by the fraud spec: nothing is produced, and the command says why."""
+    from streams.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    events = tmp_path / "logins.jsonl"
+    events.write_text(
+        '{"type": "login", "event_id": "l1", "entity_id": "u1", "ts": 1700000000000, "attrs": {}}\n' * 3
+    )
+    topic = f"wrong-spec-{uuid.uuid4().hex[:8]}"
+    argv = ["produce", "--spec", str(repo / "examples" / "fraud" / "spec.py"), "--input", str(events)]
+    assert main([*argv, "--topic", topic, "--bootstrap", kafka_broker.bootstrap]) == 2
+    captured = capsys.readouterr()
+    assert f"produced 0 events to {topic}; rejected 3 rows" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        f"error: every row was rejected: are they events of {repo / 'examples' / 'fraud' / 'spec.py'}?"
+    )

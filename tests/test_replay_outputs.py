@@ -92,6 +92,23 @@ def test_csv_without_an_adapter_is_a_one_line_error_naming_the_option(
     assert "--adapter" in capsys.readouterr().err  # refused before any connection is tried
 
 
+def test_replay_with_nothing_to_write_or_a_missing_input_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["replay", "--spec", str(SPEC), "--adapter", str(ADAPTER)]
+    assert supernova([*base, "--input", str(SAMPLE)]) == 2
+    assert (
+        capsys.readouterr().err
+        == "error: nothing to write: give --features-out (and --scores-out with --model)\n"
+    )
+    out = ["--features-out", str(tmp_path / "f.parquet")]
+    gone = tmp_path / "nothere.jsonl"
+    for files in (["--input", str(gone)], ["--input", str(SAMPLE), "--warmup", str(gone)]):
+        assert supernova([*base, *files, *out]) == 2
+        assert capsys.readouterr().err == f"error: no such input file: {gone}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("ref", "message"),
     [

@@ -71,7 +71,17 @@ def test_a_refused_login_ends_the_command_with_one_line(
     config = b.config_file("worker", tmp_path / "kafka.json", **override)
     args = {
         "worker": ["worker", "--spec", str(SPEC), "--model", str(model), "--data-dir", str(tmp_path / "d")],
-        "produce": ["produce", "--input", str(SAMPLE), "--adapter", str(ADAPTER), "--topic", "x"],
+        "produce": [
+            "produce",
+            "--spec",
+            str(SPEC),
+            "--input",
+            str(SAMPLE),
+            "--adapter",
+            str(ADAPTER),
+            "--topic",
+            "x",
+        ],
         "tail": ["tail", "scores"],
     }[command]
     done = cli(*args, "--bootstrap", b.bootstrap, "--kafka-config", str(config), timeout=60)
@@ -92,7 +102,17 @@ def test_produce_and_tail_without_their_right_end_with_one_line(
     for user, args, says in (
         (
             "producer",
-            ["produce", "--input", str(SAMPLE), "--adapter", str(ADAPTER), "--limit", "10"],
+            [
+                "produce",
+                "--spec",
+                str(SPEC),
+                "--input",
+                str(SAMPLE),
+                "--adapter",
+                str(ADAPTER),
+                "--limit",
+                "10",
+            ],
             "Write",
         ),
         ("reader", ["tail", topic, "--from-beginning", "--limit", "1"], "Read"),

@@ -295,7 +295,18 @@ def test_kafka_config_refusals_name_the_setting_and_never_the_secret(tmp_path: P
 def test_produce_refuses_a_world_readable_kafka_config_in_one_line(tmp_path: Path) -> None:
     config = _secret_file(tmp_path / "kafka.json", '{"sasl_plain_password": "hunter22"}', 0o644)
     done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "produce", "--kafka-config", str(config), "--input", "x.jsonl"],
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "produce",
+            "--kafka-config",
+            str(config),
+            "--input",
+            "x.jsonl",
+            "--spec",
+            "s.py",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

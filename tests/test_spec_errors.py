@@ -106,6 +106,12 @@ CASES = {
         ["LIFETIME"],
     ),
     "time since an unknown attribute": ("order", 'TimeSince("clicks")', ["unknown repeated attribute"]),
+    "not Python": ("order", 'Current("amount"),, Current("amount")', ["spec.py, line ", "invalid syntax"]),
+    "a module that is not installed": (
+        "order",
+        '__import__("no_such_module_here").Current("amount")',
+        ["spec.py: No module named 'no_such_module_here'"],
+    ),
 }
 
 
