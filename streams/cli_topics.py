@@ -34,7 +34,8 @@ def add_topics_command(
     p.add_argument(
         "--partitions",
         type=int,
-        help="partitions of the events topic (default: its count if it exists, else 4)",
+        help="partitions of the events topic (default: with --create, its count if it exists; else 4; "
+        "without --create no broker is asked)",
     )
     p.add_argument("--create", action="store_true", help="create what is missing (as an admin), then check")
     p.add_argument(
@@ -69,6 +70,7 @@ def add_topics_command(
             kafka=kafka_config(args),
         )
         partitions = cfg.partitions
+        found: dict[str, int] = {}  # with --create: the partitions each topic has
         if args.create:
             layout = checked_topics(cfg, args.verbose, create=True)
             if layout is None:
@@ -81,10 +83,12 @@ def add_topics_command(
                 )
                 return 2
             partitions = layout.events
+            found = {"scores": layout.scores, "dlq": layout.dlq, "changelog": layout.changelog}
         print(f"# topics of app id {cfg.app_id}" + (" (exist, checked)" if args.create else ""))
         for need in topic_needs(cfg, partitions):
             configs = " ".join(f"{k}={v}" for k, v in need.configs.items())
-            print(f"{need.name}\tpartitions={need.partitions}\t{configs or '-'}\t# {need.role}: {need.note}")
+            n = found.get(need.role, need.partitions)
+            print(f"{need.name}\tpartitions={n}\t{configs or '-'}\t# {need.role}: {need.note}")
         print()
         print(
             acl_commands(

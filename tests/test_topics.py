@@ -399,3 +399,33 @@ def test_topics_create_asks_for_the_replication_factor_given(
     assert len(err) == 1 and err[0].startswith(f"error: topic {app}.events does not exist"), err
     assert "creating it failed: InvalidReplicationFactorError" in err[0], err
     assert main([*args, "--replication-factor", "1"]) == 0
+
+
+def test_topics_create_prints_the_partitions_the_topics_have(
+    kafka_broker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scores and dead letters may have any count: what --create checked is printed, not the plan."""
+    app = f"pc{uuid.uuid4().hex[:8]}"
+    _create(kafka_broker.bootstrap, NewTopic(f"{app}.events", 8, 1), NewTopic(f"{app}.scores", 3, 1))
+    args = [
+        "topics",
+        "--bootstrap",
+        kafka_broker.bootstrap,
+        "--app-id",
+        app,
+        "--events-topic",
+        f"{app}.events",
+    ]
+    args += ["--scores-topic", f"{app}.scores", "--dlq-topic", f"{app}.dlq"]
+    assert main(args) == 0  # no broker asked: the plan for 4 partitions
+    assert f"{app}.events\tpartitions=4\t" in capsys.readouterr().out
+    assert main([*args, "--create"]) == 0
+    printed = capsys.readouterr().out
+    counts = dict(line.split("\t")[:2] for line in printed.splitlines() if line.startswith(f"{app}"))
+    assert counts == {
+        f"{app}.events": "partitions=8",
+        f"{app}.scores": "partitions=3",  # was there, with 3
+        f"{app}.dlq": "partitions=8",  # made like events
+        f"{app}-records-changelog": "partitions=8",
+        f"{app}-__assignor-__leader": "partitions=1",
+    }
