@@ -41,6 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="history that comes first (merged by ts): updates records, no output rows (repeatable)",
     )
+    p.add_argument(
+        "--file-order",
+        action="store_true",
+        help="take events in file order (warm-ups first), not sorted by ts: what a worker fed them in that "
+        "order scores, late events too (scored with late=true within the allowed lateness, rejected beyond)",
+    )
     p.add_argument("--limit", type=int, help="read only the first N input rows")
     p.add_argument(
         "--features-out",
@@ -282,6 +288,7 @@ def _replay(args: argparse.Namespace) -> int:
             cache_mb=args.cache_mb,
             jobs=args.jobs,
             shard=shard,
+            file_order=args.file_order,
         )
     print(f"shard {shard}: {summary.line()}" if shard is not None else summary.line())
     return 0

@@ -1,5 +1,9 @@
 """One history from several event files, merged by ts: ``replay --warmup`` and ``bootstrap``.
 
+With ``file_order`` (``replay --file-order``) the files are not merged: the warm-ups,
+then the inputs, each in its own order, out-of-order ts and all, as a worker would
+receive them from a topic; the engine then treats late events as the worker does.
+
 Arrival order over several files is the order of their concatenation sorted stably
 by ts: at equal ts, earlier files first, and within a file, file order. Each file is
 read as a stream (:func:`streams.sources.read_blocks`) and the streams are merged a
@@ -65,6 +69,7 @@ class History:
     adapter: type | None  # CSV rows -> events (None: JSON lines)
     sorted: set[int] = field(default_factory=set)  # files read in sorted mode (found unsorted)
     shard: Shard | None = None  # keep only this shard's entities
+    file_order: bool = False  # files one after the other, each in its own order (as a stream receives them)
     _warm: set[int] = field(default_factory=set)  # id() of warm-up events read, not yet processed
     _position: dict[int, int] = field(default_factory=dict)  # id() of a kept event -> its position
 
@@ -77,10 +82,11 @@ class History:
         warmup: Sequence[Path] = (),
         limit: int | None = None,
         shard: Shard | None = None,
+        file_order: bool = False,
     ) -> History:
         """Warm-up files first, then the inputs (``limit`` applies to each input)."""
         files = [HistoryFile(p, warm=True) for p in warmup] + [HistoryFile(p, limit=limit) for p in inputs]
-        return cls(files, codec, adapter, shard=shard)
+        return cls(files, codec, adapter, shard=shard, file_order=file_order)
 
     def blocks(self) -> Iterator[Block]:
         """Blocks of events (and rejected rows) in arrival order over all files.
@@ -96,7 +102,8 @@ class History:
             return
         warm = self._warm
         keep = self._keeper() if self.shard is not None else None
-        for i, items in _merge(streams):
+        merged = _concat(streams) if self.file_order else _merge(streams)
+        for i, items in merged:
             if keep is not None:
                 items = keep(items)
                 if not items:
@@ -170,7 +177,9 @@ class History:
     def _stream(self, i: int) -> Iterator[Block]:
         f = self.files[i]
         try:
-            yield from read_blocks(f.path, self.codec, self.adapter, f.limit, sort=i in self.sorted)
+            yield from read_blocks(
+                f.path, self.codec, self.adapter, f.limit, sort=i in self.sorted, check=not self.file_order
+            )
         except NotSorted:
             self.sorted.add(i)
             raise FileNotSorted(f.path) from None
@@ -208,6 +217,14 @@ class _Head:
             self.last = self.keys[-1]
             return True
         return False
+
+
+def _concat(streams: list[Iterator[Block]]) -> Iterator[tuple[int, list[Event | Rejected]]]:
+    """(stream index, items): each stream whole, in its order, one after the other."""
+    for i, blocks in enumerate(streams):
+        for block in blocks:
+            if block.items:
+                yield i, block.items
 
 
 def _merge(streams: list[Iterator[Block]]) -> Iterator[tuple[int, list[Event | Rejected]]]:

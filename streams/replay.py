@@ -312,6 +312,7 @@ def replay(
     cache_mb: float | None = DEFAULT_REPLAY_CACHE_MB,
     jobs: int = 1,
     shard: Shard | None = None,
+    file_order: bool = False,
 ) -> ReplaySummary:
     """Replay ``input_path`` and write Parquet; return the summary.
 
@@ -320,7 +321,10 @@ def replay(
     to leave; None or 0 keeps every record in memory. The output is the same either way.
 
     ``warmup`` files come first in the same history (merged by ts, see
-    streams.history): they update records but give no output rows.
+    streams.history): they update records but give no output rows. With
+    ``file_order`` events come in file order (warm-ups first), not sorted by ts: what
+    a worker fed the files in that order computes, late events included (scored with
+    ``late`` within the allowed lateness, rejected beyond it).
 
     ``features_out`` and ``scores_out`` follow :func:`output_paths`; ``models`` are
     artifact directories, one per scored type (scores need one for every type).
@@ -357,6 +361,7 @@ def replay(
             adapter=adapter,
             warmup=warmup,
             cache_mb=cache_mb,
+            file_order=file_order,
         )
     artifacts: dict[str, Artifact] = {}
     model_dirs = [models] if isinstance(models, Path | str) else list(models)
@@ -368,7 +373,7 @@ def replay(
         if scores_paths:
             require_every_type(artifacts, spec)
     started = time.perf_counter()
-    history = History.of([input_path], codec, adapter_type, warmup, limit, shard)
+    history = History.of([input_path], codec, adapter_type, warmup, limit, shard, file_order)
 
     spill_dir = next(iter({**features_paths, **scores_paths}.values()), Path("out")).parent
 

@@ -78,16 +78,18 @@ def read_blocks(
     adapter: AdapterRef = None,
     limit: int | None = None,
     sort: bool = False,
+    check: bool = True,
 ) -> Iterator[Block]:
     """:func:`read_events` a block at a time (thousands of events): replay's loop.
 
     Handing over lists instead of single events keeps a generator step per event
     out of the hot path. A CSV without an adapter raises AdapterError here, not
-    once reading starts.
+    once reading starts. ``check=False`` (with ``sort=False``) takes the file in its
+    order, out-of-order ts and all, as a stream would receive it.
     """
     if is_csv(path):
-        return _csv_blocks(path, codec, require_adapter(resolve_adapter(adapter), path), limit, sort)
-    return _jsonl_blocks(path, codec, limit, sort)
+        return _csv_blocks(path, codec, require_adapter(resolve_adapter(adapter), path), limit, sort, check)
+    return _jsonl_blocks(path, codec, limit, sort, check)
 
 
 # --- CSV -------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class _BlockBuilder(Block):
 
 
 def _csv_blocks(
-    path: Path, codec: EventCodec, adapter: type, limit: int | None, sort: bool
+    path: Path, codec: EventCodec, adapter: type, limit: int | None, sort: bool, check: bool = True
 ) -> Iterator[Block]:
     mapping = adapter(codec)
     # Optional batch form of ``mapping.events``, for rows that all have a ts.
@@ -145,7 +147,7 @@ def _csv_blocks(
             yield Block(invalid[:], len(invalid))
             invalid.clear()
         ts_col = _parse_ts(batch.column(mapping.ts_column), mapping.ts_format)
-        if not sort:
+        if not sort and check:
             newest = _check_sorted(ts_col, newest)
         ts_list = ts_col.to_pylist()
         cols = {c: batch.column(c).to_pylist() for c in mapping.columns}
@@ -200,7 +202,9 @@ def _check_sorted(ts: pa.Array, newest: int | None) -> int | None:
 # --- JSON lines ----------------------------------------------------------------------------
 
 
-def _jsonl_blocks(path: Path, codec: EventCodec, limit: int | None, sort: bool) -> Iterator[Block]:
+def _jsonl_blocks(
+    path: Path, codec: EventCodec, limit: int | None, sort: bool, check: bool = True
+) -> Iterator[Block]:
     opener = gzip.open if path.suffix == ".gz" else open
     decoded: list[tuple[int, Event | Rejected]] = []
     newest: int | None = None
@@ -220,7 +224,7 @@ def _jsonl_blocks(path: Path, codec: EventCodec, limit: int | None, sort: bool) 
                 decoded.append((n, event))
                 continue
             if isinstance(event, Event):
-                if newest is not None and event.ts < newest:
+                if check and newest is not None and event.ts < newest:
                     raise NotSorted
                 newest = event.ts
             else:

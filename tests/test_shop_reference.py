@@ -95,6 +95,39 @@ def test_replay_matches_reference(
 
 
 @needs_engine
+def test_replay_in_file_order_matches_reference_with_jobs_and_warmup(
+    tmp_path: Path, shop_events: Path, shop_frame: pd.DataFrame
+) -> None:
+    """``replay --file-order``: the oracle in arrival order, in two processes, and after a warm-up file."""
+    from streams.replay import replay
+
+    reference = reference_features(shop_frame, arrival="file")
+    with gzip.open(shop_events, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    half = len(lines) // 2
+    warm, rest = tmp_path / "warm.jsonl", tmp_path / "rest.jsonl"
+    warm.write_bytes(b"".join(lines[:half]))
+    rest.write_bytes(b"".join(lines[half:]))
+    later = {json.loads(line)["event_id"] for line in lines[half:]} - {
+        json.loads(line)["event_id"] for line in lines[:half]
+    }
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    replay(SPEC, shop_events, features_out=whole, file_order=True, jobs=2)
+    replay(SPEC, rest, features_out=split, file_order=True, warmup=[warm])
+    compared = []
+    for etype in FEATURES:
+        got = pd.read_parquet(whole / f"{etype}.parquet")
+        ref = reference[etype]
+        assert list(got["event_id"]) == list(ref["event_id"])  # arrival order, not ts order
+        compared.append((etype, got, ref))
+        after = pd.read_parquet(split / f"{etype}.parquet")
+        tail = got[got["event_id"].isin(later)].reset_index(drop=True)
+        assert len(after) == len(tail) > 0
+        pd.testing.assert_frame_equal(after, tail, check_exact=True)
+    _assert_features_match(compared)
+
+
+@needs_engine
 def test_engine_in_file_order_matches_reference(shop_events: Path, shop_frame: pd.DataFrame) -> None:
     """Late events: the file's own order (3% written up to an hour late) through the engine.
 

@@ -18,8 +18,10 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pyarrow.parquet as pq
 import pytest
 from streaming import ADAPTER, SAMPLE, SPEC, WorkerProcess, metric, read_topic, train_small_model
 
@@ -84,6 +86,47 @@ def _events(codec: EventCodec, now: int) -> list[Event]:
     ]
 
 
+def _replay_in_file_order_is_the_reference(
+    events: list[Event],
+    codec: EventCodec,
+    model: Path,
+    want: dict[str, tuple[list[float], bool]],
+    rejected: set[str],
+    tmp_path: Path,
+) -> None:
+    """``replay --file-order`` of the events as they arrive gives the reference's rows, flags and rejects;
+    sorted by ts (replay's default) the events after the late one hold it already."""
+    arrived = tmp_path / "arrived.jsonl"
+    arrived.write_bytes(b"".join(codec.encode(e) + b"\n" for e in events))
+    rejects: list[Any] = []
+    for file_order in (True, False):
+        out = tmp_path / f"file-order-{file_order}.parquet"
+        scores = tmp_path / f"file-order-{file_order}-scores.parquet"
+        replay(
+            SPEC,
+            arrived,
+            features_out=out,
+            models=[model],
+            scores_out=scores,
+            file_order=file_order,
+            on_reject=rejects.append,
+        )
+        rows = pq.read_table(out).to_pandas()
+        rows["late"] = pq.read_table(scores, columns=["late"]).column("late").to_pylist()  # same row order
+        names = load_spec(SPEC).feature_names
+        same = all(
+            eid in want
+            and bool(rows["late"].iloc[i]) is want[eid][1]
+            and all(_same(rows[n].iloc[i], v) for n, v in zip(names, want[eid][0], strict=True))
+            for i, eid in enumerate(rows["event_id"])
+        )
+        if file_order:
+            assert list(rows["event_id"]) == list(want) and same
+            assert {e.event_id for e, _ in rejects} == rejected and rejected
+        else:  # sorted: the late event is not late, and card-4 and card-5 count it
+            assert set(rows["event_id"]) == set(want) | rejected and not same
+
+
 def _same(a: float | None, b: float) -> bool:
     x = math.nan if a is None else a
     return x == b or (math.isnan(x) and math.isnan(b))
@@ -109,6 +152,9 @@ def test_late_scored_too_late_and_far_future_dead_lettered(
     }
     rejected_late = {e.event_id for e, _ in result.rejected}
     ahead = {e.event_id for e in events if e.ts > now + max_future}
+    _replay_in_file_order_is_the_reference(
+        [e for e in events if e.ts <= now + max_future], codec, model, want, rejected_late, tmp_path
+    )
 
     worker = WorkerProcess(
         kafka_broker.bootstrap,
