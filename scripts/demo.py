@@ -101,7 +101,7 @@ def main() -> int:
 
     port = int(os.environ.get("KAFKA_PORT", "9092"))
     bootstrap = f"127.0.0.1:{port}"
-    started_broker = _broker("status", port).returncode != 0
+    started_broker = _broker("status", port, quiet=True).returncode != 0
     if started_broker:
         console.print(f"[bold]starting Kafka[/] on {bootstrap} (scripts/kafka)")
         if _broker("start", port).returncode != 0:
@@ -192,7 +192,8 @@ def ensure_backtest(args: argparse.Namespace, example: Example, model: Path) -> 
     event_type = read_manifest(model).event_type
     if not getattr(args, "test_replayed", False):  # once per run: every scored type's rows at once
         args.test_replayed = True
-        console.print(f"[bold]backtest[/]: replaying {args.input} after {warmup or 'no history'}")
+        after = ", ".join(map(str, warmup)) or "no history"
+        console.print(f"[bold]backtest[/]: replaying {args.input} after {after}")
         replayed = replay(
             example.spec, args.input, features_out=features_dir, adapter=example.adapter, warmup=warmup
         )
@@ -338,10 +339,11 @@ def _default(path: Path) -> Path:
     return path if path.exists() else SAMPLE
 
 
-def _broker(cmd: str, port: int) -> subprocess.CompletedProcess[bytes]:
+def _broker(cmd: str, port: int, quiet: bool = False) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(port + 1)}
     env.setdefault("KAFKA_DATA_DIR", str(REPO / ".kafka"))
-    return subprocess.run([str(REPO / "scripts" / "kafka"), cmd], env=env, check=False)
+    out = subprocess.DEVNULL if quiet else None  # `status` before a start: its "not running" says nothing
+    return subprocess.run([str(REPO / "scripts" / "kafka"), cmd], env=env, check=False, stdout=out)
 
 
 def _free_port() -> int:

@@ -201,8 +201,8 @@ async def _prepare(cfg: BootstrapConfig) -> _Plan:
         held = await _messages(cfg, w.changelog_topic)
         if held:
             raise BootstrapRefused(
-                f"the changelog {w.changelog_topic} already holds {held:,} messages (from a worker or an "
-                "earlier bootstrap): use a new --app-id, or --force to write over them"
+                f"the changelog {w.changelog_topic} already holds {held:,} messages (record heads and "
+                "segments, from a worker or an earlier bootstrap): use a new --app-id, or --force to write over them"
             )
     if committed and not cfg.force:
         raise BootstrapRefused(

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -215,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except BrokenPipeError:  # `supernova topics | head`: the reader left, nothing is wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
 
 
 def _adapter_arg(p: argparse.ArgumentParser) -> None:
@@ -567,7 +572,13 @@ def _describe(args: argparse.Namespace) -> int:
         print(f"error: SpecError: {exc}", file=sys.stderr)
         return 2
     # pii is a serving policy, not part of the hashed declaration
-    shown = {"hash": spec.hash(), **spec.describe(), "pii": sorted(spec.fixed.pii)}
+    # layout: what stored records depend on (a worker refuses records of another layout)
+    shown = {
+        "hash": spec.hash(),
+        "layout": spec.layout_hash(),
+        **spec.describe(),
+        "pii": sorted(spec.fixed.pii),
+    }
     print(json.dumps(shown, indent=2, default=str))
     return 0
 

@@ -45,3 +45,16 @@ def test_tail_shows_a_dead_letter_s_source_and_reason_on_stderr_and_the_value_al
     out, err = capsys.readouterr()
     assert out.splitlines() == ['{"bad": 1}', '{"score": 0.5}']
     assert err.splitlines() == ["# dead letter from events/3/42: event_id: missing"]
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`supernova topics | head -1`: the pipe closes under the command, which exits quietly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = f"{sys.executable} -m streams.cli topics --app-id fraud --partitions 12 | head -1"
+    done = subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout == "# topics of app id fraud\n"
+    assert done.stderr == ""

@@ -156,6 +156,8 @@ def test_a_correct_spec_anywhere_describes(tmp_path: Path, capsys: pytest.Captur
     assert main(["describe", "--spec", str(path)]) == 0
     out, _ = capsys.readouterr()
     assert '"amount_sum_1h"' in out
+    spec = load_spec(path)  # the hashes a worker's refusals quote
+    assert f'"hash": "{spec.hash()}"' in out and f'"layout": "{spec.layout_hash()}"' in out
 
 
 def test_the_example_of_docs_spec_md_builds(tmp_path: Path) -> None:
