@@ -202,7 +202,8 @@ async def _prepare(cfg: BootstrapConfig) -> _Plan:
         if held:
             raise BootstrapRefused(
                 f"the changelog {w.changelog_topic} already holds {held:,} messages (record heads and "
-                "segments, from a worker or an earlier bootstrap): use a new --app-id, or --force to write over them"
+                "segments, from a worker or an earlier bootstrap): use a new --app-id, or --force to "
+                "write over them"
             )
     if committed and not cfg.force:
         raise BootstrapRefused(
