@@ -30,6 +30,20 @@ from streams.telemetry import WorkerMetrics
 Scored = tuple[Partition, Event, Any, bool]
 
 
+def dlq_label(reason: str) -> str:
+    """A dead letter's metric label: the field its reason names; ``late`` and ``future`` for the two ts cases.
+
+    They need different alerts (a slow producer, a wrong clock) and both name field 'ts'.
+    """
+    field = reason.split(":")[0][:60]
+    if field == "field 'ts'":
+        if "older than the entity's newest" in reason:  # LateEventError (entities/features.py)
+            return "late"
+        if "ahead" in reason:  # beyond --max-future (streams/sequencing.py)
+            return "future"
+    return field
+
+
 class Emitter:
     """Scores a poll's events by their type's model and sends the score messages and dead letters.
 
@@ -161,7 +175,7 @@ class Emitter:
 
     def dead_letter(self, part: Partition, rec: Any, reason: str) -> Message:
         """The dead letter of consumer record ``rec`` of ``part``: key and bytes, reason and source."""
-        self.metrics.dlq.labels(reason=reason.split(":")[0][:60]).inc()
+        self.metrics.dlq.labels(reason=dlq_label(reason)).inc()
         headers = [
             (msg.DLQ_REASON, reason.encode()),
             (msg.DLQ_SOURCE, f"{part.tp.topic}/{part.tp.partition}/{rec.offset}".encode()),

@@ -236,3 +236,6 @@ def test_late_scored_too_late_and_far_future_dead_lettered(
         assert re.search(r"older than the entity's newest", reasons[AFTER])
     assert metric(metrics, "supernova_late_scored_total") == sum(flag for _, flag in want.values()) == 1
     assert metric(metrics, "supernova_dlq_total") == len(reasons)
+    # Told apart: a producer too slow (late) and a clock too fast (future) need different alerts.
+    assert metric(metrics, 'supernova_dlq_total{reason="late"}') == len(rejected_late) > 0
+    assert metric(metrics, 'supernova_dlq_total{reason="future"}') == len(ahead) > 0
