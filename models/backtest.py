@@ -26,6 +26,7 @@ from entities.spec import Spec
 from models import evaluation
 from models.artifact import Artifact, ArtifactError, load
 from models.dataset import Dataset, iso_utc, read_features
+from models.train import to_epoch_ms
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def backtest(
                 f"{features_parquet} holds {data.event_type!r} rows"
             )
     scored = [ModelScores(role, art, art.predict(data.features)) for role, art in loaded]
-    notes: list[str] = []
+    warnings = [note for role, art in loaded if (note := _seen_in_training(role, art, data))]
+    notes = list(warnings)
     if len(everything) > len(data):
         notes.append(f"{len(everything) - len(data):,} rows without a label were left out.")
     by_slice = _slices(data, slices, notes)
@@ -110,12 +112,31 @@ def backtest(
         },
         "models": {s.role: _model_metrics(s, data, by_slice, notes) for s in scored},
         "notes": notes,
+        "warnings": warnings,
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(_json_safe(result.metrics), indent=2) + "\n")
     _write_scores(out_dir / SCORES_FILE, data, scored)
     write_report(out_dir / REPORT_FILE, result)
     log.info("backtest of %d rows written to %s in %.1f s", len(data), out_dir, time.perf_counter() - started)
     return result
+
+
+def _seen_in_training(role: str, art: Artifact, data: Dataset) -> str | None:
+    """A warning when rows fall in the period the model was trained and validated on, else None."""
+    train, valid = art.manifest.train, art.manifest.valid
+    if "from" not in train:
+        return None
+    start = to_epoch_ms(train["from"])
+    end = to_epoch_ms(valid.get("to") or train["to"])
+    seen = int(((data.ts >= start) & (data.ts <= end)).sum())
+    if not seen:
+        return None
+    log.warning("%s: %d of %d rows fall in %s's training period", role, seen, len(data), art.name)
+    return (
+        f"{seen:,} of {len(data):,} rows ({seen / len(data):.0%}) fall in the period the {role} "
+        f"({art.name} {art.version}) was trained and validated on, {train['from']} to "
+        f"{valid.get('to') or train['to']}: its metrics on them are optimistic."
+    )
 
 
 def _load_all(roles: list[tuple[str, str | Path]], spec: Spec) -> list[tuple[str, Artifact]]:

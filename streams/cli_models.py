@@ -179,6 +179,8 @@ def _backtest(args: argparse.Namespace) -> int:
             f"{role} {m['name']} {m['version']}: ROC-AUC {o['roc_auc']:.4f}, PR-AUC {o['pr_auc']:.4f} "
             f"on {o['rows']:,} events ({o['positives']:,} fraud)"
         )
+    for warning in result.metrics["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {args.out / REPORT_FILE}")
     return 0
 

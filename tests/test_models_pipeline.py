@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from sklearn import metrics as sk
@@ -214,3 +216,29 @@ def test_backtest_slice_mistakes_are_one_line_errors(
     assert "--adapter" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--slice-by needs --source"):
         _cli(*argv, "--slice-by", "category")
+
+
+def test_backtest_warns_of_rows_the_model_was_trained_on(
+    spec: Spec, sample_features: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Leakage: rows in the training and validation period are counted and named; later ones are not."""
+    manifest = load(model_dir, spec).manifest
+    start, end = to_epoch_ms(manifest.train["from"]), to_epoch_ms(manifest.valid["to"])
+    data = read_features(sample_features, spec).labelled()
+    inside = int(((data.ts >= start) & (data.ts <= end)).sum())
+    assert inside == len(data)  # the model was trained on the whole sample
+    result = backtest(model_dir, sample_features, tmp_path / "same", spec=spec)
+    (warning,) = result.metrics["warnings"]
+    assert warning.startswith(f"{inside:,} of {len(data):,} rows (100%) fall in the period the champion")
+    assert warning in result.metrics["notes"]
+
+    table = pq.read_table(sample_features)
+    year = pd.Timedelta(days=366).to_pytimedelta()
+    later = table.set_column(
+        table.schema.get_field_index("ts"), "ts", pc.add(table.column("ts"), pa.scalar(year))
+    )
+    pq.write_table(later, tmp_path / "later.parquet")
+    assert (
+        backtest(model_dir, tmp_path / "later.parquet", tmp_path / "later", spec=spec).metrics["warnings"]
+        == []
+    )
