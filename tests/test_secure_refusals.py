@@ -26,6 +26,7 @@ from streams.produce import file_events, produce
 
 pytestmark = pytest.mark.kafka
 N_ROWS = 3_000
+PRODUCE = ["produce", "--spec", str(SPEC), "--input", str(SAMPLE), "--adapter", str(ADAPTER)]
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +72,7 @@ def test_a_refused_login_ends_the_command_with_one_line(
     config = b.config_file("worker", tmp_path / "kafka.json", **override)
     args = {
         "worker": ["worker", "--spec", str(SPEC), "--model", str(model), "--data-dir", str(tmp_path / "d")],
-        "produce": [
-            "produce",
-            "--spec",
-            str(SPEC),
-            "--input",
-            str(SAMPLE),
-            "--adapter",
-            str(ADAPTER),
-            "--topic",
-            "x",
-        ],
+        "produce": [*PRODUCE, "--topic", "x"],
         "tail": ["tail", "scores"],
     }[command]
     done = cli(*args, "--bootstrap", b.bootstrap, "--kafka-config", str(config), timeout=60)
@@ -102,17 +93,7 @@ def test_produce_and_tail_without_their_right_end_with_one_line(
     for user, args, says in (
         (
             "producer",
-            [
-                "produce",
-                "--spec",
-                str(SPEC),
-                "--input",
-                str(SAMPLE),
-                "--adapter",
-                str(ADAPTER),
-                "--limit",
-                "10",
-            ],
+            [*PRODUCE, "--limit", "10"],
             "Write",
         ),
         ("reader", ["tail", topic, "--from-beginning", "--limit", "1"], "Read"),

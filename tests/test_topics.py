@@ -384,16 +384,7 @@ def test_topics_create_asks_for_the_replication_factor_given(
 ) -> None:
     """A single broker cannot hold 2 replicas: the refusal proves the factor reached Kafka, in one line."""
     app = f"rf{uuid.uuid4().hex[:8]}"
-    args = [
-        "topics",
-        "--bootstrap",
-        kafka_broker.bootstrap,
-        "--app-id",
-        app,
-        "--events-topic",
-        f"{app}.events",
-    ]
-    args += ["--scores-topic", f"{app}.scores", "--dlq-topic", f"{app}.dlq", "--create"]
+    args = [*_topics_args(kafka_broker.bootstrap, app), "--create"]
     assert main([*args, "--replication-factor", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: topic {app}.events does not exist"), err
@@ -407,16 +398,7 @@ def test_topics_create_prints_the_partitions_the_topics_have(
     """Scores and dead letters may have any count: what --create checked is printed, not the plan."""
     app = f"pc{uuid.uuid4().hex[:8]}"
     _create(kafka_broker.bootstrap, NewTopic(f"{app}.events", 8, 1), NewTopic(f"{app}.scores", 3, 1))
-    args = [
-        "topics",
-        "--bootstrap",
-        kafka_broker.bootstrap,
-        "--app-id",
-        app,
-        "--events-topic",
-        f"{app}.events",
-    ]
-    args += ["--scores-topic", f"{app}.scores", "--dlq-topic", f"{app}.dlq"]
+    args = _topics_args(kafka_broker.bootstrap, app)
     assert main(args) == 0  # no broker asked: the plan for 4 partitions
     assert f"{app}.events\tpartitions=4\t" in capsys.readouterr().out
     assert main([*args, "--create"]) == 0
@@ -429,3 +411,16 @@ def test_topics_create_prints_the_partitions_the_topics_have(
         f"{app}-records-changelog": "partitions=8",
         f"{app}-__assignor-__leader": "partitions=1",
     }
+
+
+def _topics_args(bootstrap: str, app: str) -> list[str]:
+    """``supernova topics`` for app id ``app``, its topics named after it."""
+    names = [
+        "--events-topic",
+        f"{app}.events",
+        "--scores-topic",
+        f"{app}.scores",
+        "--dlq-topic",
+        f"{app}.dlq",
+    ]
+    return ["topics", "--bootstrap", bootstrap, "--app-id", app, *names]
