@@ -30,20 +30,6 @@ from streams.telemetry import WorkerMetrics
 Scored = tuple[Partition, Event, Any, bool]
 
 
-def dlq_label(reason: str) -> str:
-    """A dead letter's metric label: the field its reason names; ``late`` and ``future`` for the two ts cases.
-
-    They need different alerts (a slow producer, a wrong clock) and both name field 'ts'.
-    """
-    field = reason.split(":")[0][:60]
-    if field == "field 'ts'":
-        if "older than the entity's newest" in reason:  # LateEventError (entities/features.py)
-            return "late"
-        if "ahead" in reason:  # beyond --max-future (streams/sequencing.py)
-            return "future"
-    return field
-
-
 class Emitter:
     """Scores a poll's events by their type's model and sends the score messages and dead letters.
 
@@ -173,9 +159,13 @@ class Emitter:
                 part.last[ev.entity_id] = {event_type: last}
             out[k] = (rec.key, encode(message), [], partition(rec.key))
 
-    def dead_letter(self, part: Partition, rec: Any, reason: str) -> Message:
-        """The dead letter of consumer record ``rec`` of ``part``: key and bytes, reason and source."""
-        self.metrics.dlq.labels(reason=dlq_label(reason)).inc()
+    def dead_letter(self, part: Partition, rec: Any, reason: str, label: str | None = None) -> Message:
+        """The dead letter of consumer record ``rec`` of ``part``: key and bytes, reason and source.
+
+        ``label``: the metric's reason label, where the field the reason names is not enough
+        (``late`` and ``future`` both name field 'ts', and need different alerts).
+        """
+        self.metrics.dlq.labels(reason=label or reason.split(":")[0][:60]).inc()
         headers = [
             (msg.DLQ_REASON, reason.encode()),
             (msg.DLQ_SOURCE, f"{part.tp.topic}/{part.tp.partition}/{rec.offset}".encode()),

@@ -23,7 +23,7 @@ from streams.state import Partition
 log = logging.getLogger(__name__)
 
 # Consumer record -> reason -> its dead letter (``Emitter.dead_letter``).
-DeadLetter = Callable[[Partition, Any, str], Message]
+DeadLetter = Callable[[Partition, Any, str, str | None], Message]  # reason, metric label
 
 
 def in_sequence(consumer: AIOKafkaConsumer, part: Partition, messages: list[Any]) -> list[Any]:
@@ -65,6 +65,7 @@ def decode(
     decode_event = codec.decode
     horizon = int(time.time() * 1000) + max_future_ms
     for message in messages:
+        label = None
         if message.key is None:
             reason = "null key"
         else:
@@ -77,11 +78,12 @@ def decode(
                     reason = f"field 'entity_id': {event.entity_id!r} differs from the message key"
                 elif event.ts > horizon:
                     reason = f"field 'ts': {event.ts} is more than {max_future_ms} ms ahead"
+                    label = "future"
                 else:
                     events.append(event)
                     origin[id(event)] = message
                     continue
-        dead.append(dead_letter(part, message, reason))
+        dead.append(dead_letter(part, message, reason, label))
     return events, origin
 
 

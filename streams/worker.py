@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from entities.engine import Engine
-from entities.events import EventCodec
+from entities.events import EventCodec, LateEventError
 from entities.record import RecordCodec
 from entities.spec import Spec
 from models.scorer import Scorer
@@ -326,7 +326,8 @@ class BatchWorker:
             events, origin = decode(self.codec, self.cfg.max_future_ms, part, messages, dead_letter, dead)
             result = apply(part, events, origin, encoding, m)
             for ev, err in result.rejected:
-                dead.append(dead_letter(part, origin[id(ev)], str(err)))
+                label = "late" if isinstance(err, LateEventError) else None  # its own metric label
+                dead.append(dead_letter(part, origin[id(ev)], str(err), label))
             m.duplicates.inc(result.duplicates)
             m.late.inc(sum(result.late))
             rows.extend(result.rows)

@@ -87,7 +87,12 @@ def test_invalid_messages_become_dead_letters_with_their_reason(part: Partition,
     ]
     dead: list[Message] = []
     decoded, origin = decode(
-        codec, 86_400_000, part, messages, lambda p, m, reason: (m.key, reason.encode(), [], m.offset), dead
+        codec,
+        86_400_000,
+        part,
+        messages,
+        lambda p, m, reason, label: (m.key, reason.encode(), [], m.offset),
+        dead,
     )
     assert [e.event_id for e in decoded] == [good.event_id] and origin[id(decoded[0])] is messages[0]
     assert [d[3] for d in dead] == [11, 12, 13]
