@@ -126,16 +126,16 @@ def _seen_in_training(role: str, art: Artifact, data: Dataset) -> str | None:
     train, valid = art.manifest.train, art.manifest.valid
     if "from" not in train:
         return None
-    start = to_epoch_ms(train["from"])
-    end = to_epoch_ms(valid.get("to") or train["to"])
+    until = valid.get("to") or train["to"]
+    start, end = to_epoch_ms(train["from"]), to_epoch_ms(until)
     seen = int(((data.ts >= start) & (data.ts <= end)).sum())
     if not seen:
         return None
     log.warning("%s: %d of %d rows fall in %s's training period", role, seen, len(data), art.name)
     return (
         f"{seen:,} of {len(data):,} rows ({seen / len(data):.0%}) fall in the period the {role} "
-        f"({art.name} {art.version}) was trained and validated on, {train['from']} to "
-        f"{valid.get('to') or train['to']}: its metrics on them are optimistic."
+        f"({art.name} {art.version}) was trained and validated on, {train['from']} to {until}: "
+        "its metrics on them are optimistic."
     )
 
 

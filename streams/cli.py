@@ -327,7 +327,7 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
     """
     import asyncio
 
-    from streams.security import SecurityError, check_login, load_kafka_config
+    from streams.security import SecurityError, check_login, load_kafka_config, secured
 
     if not args.kafka_config:
         return {}
@@ -350,7 +350,7 @@ def _kafka_config(args: argparse.Namespace) -> dict[str, Any]:
             keyfile=files.get("ssl_keyfile"),
         )
         assert isinstance(config["ssl_context"], ssl.SSLContext)
-    if config.get("security_protocol", "PLAINTEXT") != "PLAINTEXT":
+    if secured(config):
         try:  # a wrong password or CA: one line now, not a traceback from a client later
             asyncio.run(check_login(args.bootstrap, config))
         except SecurityError as exc:

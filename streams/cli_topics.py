@@ -127,12 +127,13 @@ def acl_commands(
     command_config: str | None = None,
 ) -> str:
     """The minimal ACLs per principal, as ``kafka-acls.sh`` lines (``--command-config`` last, if given)."""
+    from streams.security import secured
     from streams.topics import producer_acls, reader_acls, worker_acls
 
     base = ["kafka-acls.sh", "--bootstrap-server", cfg.bootstrap, "--add", "--allow-principal"]
     tail = ["--command-config", command_config] if command_config else []
     lines = []
-    if not tail and str(cfg.kafka.get("security_protocol", "PLAINTEXT")).upper() != "PLAINTEXT":
+    if not tail and secured(cfg.kafka):
         lines.append(
             "# a secured cluster: kafka-acls.sh needs the admin's client properties too "
             "(--command-config FILE; supernova topics --command-config FILE adds it to each line)"

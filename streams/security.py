@@ -91,6 +91,11 @@ def authorized(header: str | None, token: str | None) -> bool:
 # --- Kafka client settings -----------------------------------------------------------
 
 
+def secured(kafka: Mapping[str, Any]) -> bool:
+    """Whether Kafka client settings connect by anything but PLAINTEXT."""
+    return kafka.get("security_protocol", "PLAINTEXT") != "PLAINTEXT"
+
+
 def load_kafka_config(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``--kafka-config`` JSON object, secrets resolved.
 
