@@ -72,6 +72,7 @@ async def restore(
                 # With the offset it reaches, in one write: a restore cut short goes on from there.
                 store.commit(store.raw_batch(chunk.pairs), None, chunk.next_offset)
         store.commit((), None, end)
+        swept: list[bytes] = []
         if restored:
             log.info("restored %d changelog messages of partition %d from the changelog", restored, partition)
             swept = store.sweep_segments(listed) if listed is not None else []
@@ -81,5 +82,4 @@ async def restore(
                     partition,
                     len(swept),
                 )
-            return Restored(restored, resume, end, swept)
-        return Restored(restored, resume, end)
+        return Restored(restored, resume, end, swept)
