@@ -127,7 +127,8 @@ def _seen_in_training(role: str, art: Artifact, data: Dataset) -> str | None:
     if "from" not in train:
         return None
     until = valid.get("to") or train["to"]
-    start, end = to_epoch_ms(train["from"]), to_epoch_ms(until)
+    # The manifest's times are cut to the second (iso_utc): its last second is inside.
+    start, end = to_epoch_ms(train["from"]), to_epoch_ms(until) + 999
     seen = int(((data.ts >= start) & (data.ts <= end)).sum())
     if not seen:
         return None

@@ -100,11 +100,20 @@ def features_event_type(path: str | Path, spec: Spec) -> str:
 
 
 def read_features(path: str | Path, spec: Spec) -> Dataset:
-    """Read a replay feature Parquet, refusing one whose columns differ from its type's features."""
+    """Read a replay feature Parquet, refusing one of another spec or whose columns differ from its type's."""
     path = Path(path)
     event_type = features_event_type(path, spec)
     names = spec.feature_names_of(event_type)
-    present = pq.read_schema(path).names
+    schema = pq.read_schema(path)
+    written = (schema.metadata or {}).get(META_SPEC_HASH.encode())
+    if written is not None and written.decode() != spec.hash():
+        # Same column names, other definitions (a filter flipped, a window changed): a model
+        # trained or measured on them would be tied to a spec whose features it never saw.
+        raise DatasetError(
+            f"{path}: features of spec {written.decode()}, not of {spec.name or 'this spec'} "
+            f"({spec.hash()}); replay it with this spec (`supernova replay --spec ...`)"
+        )
+    present = schema.names
     missing = [c for c in (*KEY_COLUMNS, *names, "label") if c not in present]
     if missing:
         raise DatasetError(

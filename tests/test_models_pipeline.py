@@ -19,7 +19,7 @@ from sklearn import metrics as sk
 from entities.spec import Spec, hours
 from models.artifact import ArtifactError, load
 from models.backtest import Slices, backtest
-from models.dataset import read_features
+from models.dataset import DatasetError, read_features
 from models.train import TrainError, default_name, to_epoch_ms, train
 from streams.cli_models import add_model_commands
 from streams.produce import file_events
@@ -233,12 +233,25 @@ def test_backtest_warns_of_rows_the_model_was_trained_on(
     assert warning in result.metrics["notes"]
 
     table = pq.read_table(sample_features)
-    year = pd.Timedelta(days=366).to_pytimedelta()
-    later = table.set_column(
-        table.schema.get_field_index("ts"), "ts", pc.add(table.column("ts"), pa.scalar(year))
+
+    def shifted(by: pd.Timedelta, name: str) -> Path:
+        ts = pc.add(table.column("ts"), pa.scalar(by.to_pytimedelta()))
+        pq.write_table(table.set_column(table.schema.get_field_index("ts"), "ts", ts), tmp_path / name)
+        return tmp_path / name
+
+    # Half a second later: the manifest's times are whole seconds, the last one still counts.
+    half = backtest(
+        model_dir, shifted(pd.Timedelta(milliseconds=500), "half.parquet"), tmp_path / "h", spec=spec
     )
-    pq.write_table(later, tmp_path / "later.parquet")
-    assert (
-        backtest(model_dir, tmp_path / "later.parquet", tmp_path / "later", spec=spec).metrics["warnings"]
-        == []
-    )
+    assert half.metrics["warnings"][0].startswith(f"{len(data):,} of {len(data):,} rows (100%)")
+    later = shifted(pd.Timedelta(days=366), "later.parquet")
+    assert backtest(model_dir, later, tmp_path / "later", spec=spec).metrics["warnings"] == []
+
+
+def test_features_of_another_spec_are_refused(spec: Spec, sample_features: Path) -> None:
+    """Same columns, another definition: a model trained on them would be tied to the wrong spec."""
+    other = dataclasses.replace(spec, allowed_lateness=hours(2))
+    with pytest.raises(
+        DatasetError, match=f"features of spec {spec.hash()}, not of fraud \\({other.hash()}\\)"
+    ):
+        read_features(sample_features, other)
