@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import traceback
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -596,13 +597,17 @@ def load_spec_module(path: str | Path) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
-    except SyntaxError as exc:  # one line: where, and what Python says
-        del sys.modules[name]
-        raise SpecError(f"{exc.filename or path}, line {exc.lineno}: {exc.msg}") from None
-    except ImportError as exc:
-        del sys.modules[name]
-        raise SpecError(f"{path}: {exc}") from None
-    except BaseException:
+    except BaseException as exc:
         del sys.modules[name]  # a spec that failed to build is not cached half-made
-        raise
+        if isinstance(exc, SpecError) or not isinstance(exc, Exception):
+            raise
+        # A mistake in the spec's own code (not Python, a module not installed, a typo, a
+        # wrong argument): one line saying where and what, like any other spec mistake.
+        if isinstance(exc, SyntaxError):
+            raise SpecError(f"{exc.filename or path}, line {exc.lineno}: {exc.msg}") from None
+        if isinstance(exc, ImportError):
+            raise SpecError(f"{path}: {exc}") from None
+        frames = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        where = f"{path}, line {frames[-1]}" if frames else str(path)
+        raise SpecError(f"{where}: {type(exc).__name__}: {exc}") from None
     return module

@@ -107,6 +107,12 @@ CASES = {
     ),
     "time since an unknown attribute": ("order", 'TimeSince("clicks")', ["unknown repeated attribute"]),
     "not Python": ("order", 'Current("amount"),, Current("amount")', ["spec.py, line ", "invalid syntax"]),
+    "a typo in the spec's code": ("order", 'Curent("amount")', ["spec.py, line ", "NameError", "'Curent'"]),
+    "a wrong keyword": (
+        "order",
+        'Aggregation("orders", Sum("amount"), window=[hours(1)])',
+        ["spec.py, line ", "TypeError", "'window'"],
+    ),
     "a module that is not installed": (
         "order",
         '__import__("no_such_module_here").Current("amount")',
