@@ -251,6 +251,14 @@ def _one_line_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argp
     return wrapper
 
 
+def _inputs_exist(*paths: Path) -> bool:
+    """Whether every input file exists; else one ``error:`` line naming the missing ones."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"error: no such input file: {', '.join(missing)}", file=sys.stderr)
+    return not missing
+
+
 @_one_line_errors
 def _replay(args: argparse.Namespace) -> int:
     from streams.replay import replay
@@ -258,12 +266,13 @@ def _replay(args: argparse.Namespace) -> int:
 
     if args.scores_out and not args.model:
         raise SystemExit("--scores-out needs --model")
+    if args.model and not args.scores_out:
+        print("error: --model scores into --scores-out (S.parquet | DIR): give it", file=sys.stderr)
+        return 2
     if not args.features_out and not args.scores_out:
         print("error: nothing to write: give --features-out (and --scores-out with --model)", file=sys.stderr)
         return 2
-    missing = [str(p) for p in (args.input, *args.warmup) if not p.is_file()]
-    if missing:
-        print(f"error: no such input file: {', '.join(missing)}", file=sys.stderr)
+    if not _inputs_exist(args.input, *args.warmup):
         return 2
     shard = Shard.parse(args.shard) if args.shard is not None else None
     shown = 0
@@ -482,6 +491,8 @@ def _produce(args: argparse.Namespace) -> int:
     from streams.produce import file_events, produce
 
     kafka = _kafka_config(args)  # a refused config ends the command before any reading
+    if not _inputs_exist(args.input):  # before the producer connects
+        return 2
     codec, events = file_events(args.spec, args.input, args.limit, adapter=args.adapter)
     rejected = 0
 

@@ -107,6 +107,11 @@ def test_replay_with_nothing_to_write_or_a_missing_input_is_a_one_line_error(
         assert supernova([*base, *files, *out]) == 2
         assert capsys.readouterr().err == f"error: no such input file: {gone}\n"
     assert list(tmp_path.iterdir()) == []
+    assert supernova([*base, "--input", str(SAMPLE), *out, "--model", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err == "error: --model scores into --scores-out (S.parquet | DIR): give it\n"
+    produce = ["produce", "--spec", str(SPEC), "--input", str(gone), "--bootstrap", "127.0.0.1:1"]
+    assert supernova(produce) == 2  # before any connection is tried
+    assert capsys.readouterr().err == f"error: no such input file: {gone}\n"
 
 
 @pytest.mark.parametrize(
