@@ -180,6 +180,9 @@ async def check_topics(cfg: WorkerConfig, create: bool = True) -> TopicLayout:
                 raise TopicError(_missing_line(cfg, missing[0], events, "the worker creates no topics"))
             await _create(admin, cfg, missing, events)
             found = await _wait_for(admin, cfg, [t.name for t in missing])
+            # An events topic made meanwhile (or not yet in the metadata) has the count that
+            # counts: the changelog is checked against it, not against the guess made above.
+            events = found[cfg.events_topic]
         changelog = found[cfg.changelog_topic]
         if changelog != events:
             raise TopicError(_split_line(cfg, events, changelog))

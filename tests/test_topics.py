@@ -92,8 +92,16 @@ async def _admin(bootstrap: str, *calls: tuple[str, Any]) -> list[Any]:
 
 
 def _create(bootstrap: str, *topics: NewTopic) -> None:
+    """Create topics and wait until the broker's metadata shows them (creation is asynchronous)."""
     (response,) = asyncio.run(_admin(bootstrap, ("create_topics", list(topics))))
     assert all(code == 0 for _, code, _ in response.topic_errors), response
+    names = [t.name for t in topics]
+    for _ in range(100):
+        (described,) = asyncio.run(_admin(bootstrap, ("describe_topics", names)))
+        if all(t["error_code"] == 0 and t["partitions"] for t in described):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"topics {names} never showed in the metadata")
 
 
 def _describe(bootstrap: str, worker: WorkerProcess) -> tuple[dict[str, int], str]:
@@ -424,3 +432,36 @@ def _topics_args(bootstrap: str, app: str) -> list[str]:
         f"{app}.dlq",
     ]
     return ["topics", "--bootstrap", bootstrap, "--app-id", app, *names]
+
+
+def test_an_events_topic_the_first_look_missed_is_the_count_the_changelog_is_checked_against(
+    kafka_broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata that lags (or a concurrent creator): the creation of events finds it exists.
+
+    The changelog, made with the guessed 4 partitions, must then be checked against the
+    events topic's real 8, and refused, not reported as matching the guess.
+    """
+    from streams import topics
+    from streams.worker import WorkerConfig
+
+    app = f"lag{uuid.uuid4().hex[:8]}"
+    _create(kafka_broker.bootstrap, NewTopic(f"{app}.events", 8, 1))
+    real = topics._partition_counts
+    looks = []
+
+    async def first_look_misses(admin: Any, cfg: Any) -> dict[str, int]:
+        looks.append(1)
+        return {} if len(looks) == 1 else await real(admin, cfg)
+
+    monkeypatch.setattr(topics, "_partition_counts", first_look_misses)
+    cfg = WorkerConfig(
+        bootstrap=kafka_broker.bootstrap,
+        app_id=app,
+        events_topic=f"{app}.events",
+        scores_topic=f"{app}.scores",
+        dlq_topic=f"{app}.dlq",
+        partitions=4,
+    )
+    with pytest.raises(topics.TopicError, match=f"{app}-records-changelog has 4 partitions, needs 8"):
+        asyncio.run(topics.check_topics(cfg, create=True))
